@@ -292,10 +292,12 @@ def _level_3(rng: random.Random) -> tuple[str, str, int, str]:
 
 
 def _level_4(rng: random.Random) -> tuple[str, str, int, str]:
-    x, a, b = rng.randint(2, 20), rng.randint(2, 9), rng.randint(1, 50)
+    x, a, b = rng.randint(2, 20), rng.randint(2, 9), rng.randint(10, 99)
     c = a * x + b
     solution = (
-        f"Subtract {b} from both sides: {a}x = {c} - {b} = {c - b}. Divide both sides by {a}: x = {c - b} / {a} = {x}."
+        f"Subtract {b} from both sides: {a}x = {c} - {b} = {c - b}. "
+        f"Divide both sides by {a}: x = {c - b} / {a} = {x}. "
+        f"Check: {a} * {x} + {b} = {a * x} + {b} = {c}."
     )
     return f"Solve for x: {a}x + {b} = {c}.", solution, x, "Linear Equations"
 
@@ -306,15 +308,17 @@ def _level_5(rng: random.Random) -> tuple[str, str, int, str]:
     start, bags, per_bag = rng.randint(10, 60), rng.randint(2, 9), rng.randint(3, 12)
     bought = bags * per_bag
     given = rng.randint(1, start + bought - 1)
-    answer = start + bought - given
+    found = rng.randint(10, 99)
+    answer = start + bought - given + found
     problem = (
         f"{name} has {start} {item}. {name} buys {bags} bags with {per_bag} {item} each, "
-        f"then gives away {given} {item}. How many {item} does {name} have now?"
+        f"gives away {given} {item}, then finds {found} more. How many {item} does {name} have now?"
     )
     solution = (
         f"The bags hold {bags} * {per_bag} = {bought} {item}. "
         f"After buying, {name} has {start} + {bought} = {start + bought}. "
-        f"After giving away {given}, {name} has {start + bought} - {given} = {answer}."
+        f"After giving away {given}, {name} has {start + bought} - {given} = {start + bought - given}. "
+        f"After finding {found}, {name} has {start + bought - given} + {found} = {answer}."
     )
     return problem, solution, answer, "Word Problems"
 
@@ -331,8 +335,8 @@ def make_synthetic_math(num_per_level: int = 100, levels: Iterable[int] = (1, 2,
     | 1 | one-digit addition | `3 + 4 = 7. \\boxed{7}` |
     | 2 | two-digit addition or subtraction | `47 - 18 = 29. \\boxed{29}` |
     | 3 | two-digit by one-digit multiplication, in three steps | `23 * 7 = 20 * 7 + 3 * 7 = 140 + 21 = 161. ...` |
-    | 4 | a linear equation `ax + b = c` | `Subtract 5 from both sides: 3x = 20 - 5 = 15. Divide ...` |
-    | 5 | a multi-step word problem (multiply, add, subtract) | `The bags hold 3 * 7 = 21 apples. After buying, ...` |
+    | 4 | a linear equation `ax + b = c`, solved and checked | `Subtract 15 from both sides: 3x = 30 - 15 = 15. ...` |
+    | 5 | a four-step word problem (multiply, add, subtract, add) | `The bags hold 3 * 7 = 21 apples. After buying, ...` |
 
     Level 1 is short and regular so that a tiny model learns it in a minute or two on CPU.
 
