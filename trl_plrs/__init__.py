@@ -1,0 +1,35 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Curriculum sequential fine-tuning with Progressive LoRA Rank Shrinking (PLRS) for TRL's `SFTTrainer`."""
+
+__version__ = "0.1.0.dev0"
+
+from .callbacks import PLRSCallback
+from .curriculum import PRESETS, Stage, build_stages, parse_level
+from .plrs_config import PLRSConfig
+from .plrs_trainer import CurriculumSFTTrainer, CurriculumState
+from .replay import stage_row_indices
+
+
+__all__ = [
+    "PRESETS",
+    "CurriculumSFTTrainer",
+    "CurriculumState",
+    "PLRSCallback",
+    "PLRSConfig",
+    "Stage",
+    "build_stages",
+    "parse_level",
+    "stage_row_indices",
+]

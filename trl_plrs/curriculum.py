@@ -14,6 +14,7 @@
 """Pure functions that turn a curriculum configuration into a list of stages: levels, LoRA rank and alpha."""
 
 import re
+from dataclasses import dataclass
 
 
 _LEVEL_PATTERN = re.compile(r"^\s*(?:level\s*)?(-?\d+)\s*$", re.IGNORECASE)
@@ -38,3 +39,197 @@ def parse_level(value) -> int | None:
         match = _LEVEL_PATTERN.match(value)
         return int(match.group(1)) if match else None
     return None
+
+
+ADAPTER_TRANSITIONS = ("merge", "stack")
+REPLAY_MODES = ("none", "full")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One of the paper's baselines: how the levels are grouped into stages, the replay, and the rank schedule."""
+
+    name: str
+    one_stage: bool
+    replay: str
+    lora_ranks: tuple[int, ...]
+
+
+# The six baselines of the paper (B1-B6), in its order.
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset("direct", one_stage=True, replay="none", lora_ranks=(32,)),
+        Preset("seq_no_replay", one_stage=False, replay="none", lora_ranks=(32,)),
+        Preset("seq_no_replay_shrink", one_stage=False, replay="none", lora_ranks=(256, 128, 64, 32, 16)),
+        Preset("seq_full_replay", one_stage=False, replay="full", lora_ranks=(32,)),
+        Preset("replay_shrink", one_stage=False, replay="full", lora_ranks=(256, 128, 64, 32, 16)),
+        Preset("replay_shrink_no_final", one_stage=False, replay="full", lora_ranks=(256, 128, 64, 32, 32)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """
+    One stage of the curriculum.
+
+    Args:
+        index (`int`): Position of the stage, from 0.
+        levels (`tuple[int, ...]`): Levels whose rows this stage trains on (before replay).
+        lora_rank (`int`): Rank of the stage's fresh LoRA adapter.
+        lora_alpha (`float`): Alpha of that adapter.
+    """
+
+    index: int
+    levels: tuple[int, ...]
+    lora_rank: int
+    lora_alpha: float
+
+
+def normalize_curriculum_stages(stages) -> list[list[int]] | None:
+    """
+    Bring `curriculum_stages` to a list of lists of ints. Accepts lists of ints, single ints, and the command line's
+    strings of comma-separated levels (`["1,2", "3"]`).
+
+    >>> normalize_curriculum_stages(["1,2", "3", [4, 5]])
+    [[1, 2], [3], [4, 5]]
+    """
+    if stages is None:
+        return None
+    if isinstance(stages, str):
+        stages = stages.split(";") if ";" in stages else [stages]
+    normalized = []
+    for stage in stages:
+        items = stage.split(",") if isinstance(stage, str) else stage if isinstance(stage, (list, tuple)) else [stage]
+        levels = [parse_level(item.strip() if isinstance(item, str) else item) for item in items]
+        if not levels or any(level is None for level in levels):
+            raise ValueError(
+                f"`curriculum_stages` must list the levels of each stage, but the stage {stage!r} in {stages!r} is "
+                "not a list of integer levels. Write e.g. [[1, 2], [3], [4, 5]] (Python/YAML) or "
+                "`--curriculum_stages 1,2 3 4,5` (command line)."
+            )
+        normalized.append(levels)
+    flat = [level for levels in normalized for level in levels]
+    if len(flat) != len(set(flat)):
+        raise ValueError(
+            f"`curriculum_stages` names a level in more than one stage: {normalized}. Each level belongs to one stage; "
+            "use `replay` to train on earlier levels again."
+        )
+    return normalized
+
+
+def normalize_lora_ranks(lora_ranks) -> list[int] | None:
+    """Bring `lora_ranks` to a list of positive ints; a single int means that rank at every stage."""
+    if lora_ranks is None:
+        return None
+    ranks = [lora_ranks] if isinstance(lora_ranks, (int, str)) else list(lora_ranks)
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise ValueError(
+                f"`lora_ranks` must hold positive integers, but the value passed is {lora_ranks!r} (bad rank: "
+                f"{rank!r}). Use e.g. [256, 128, 64, 32, 16], or a single rank for every stage."
+            )
+    if not ranks:
+        raise ValueError("`lora_ranks` is empty. Give one rank per stage, or a single rank for every stage.")
+    return ranks
+
+
+def parse_replay(replay) -> str | float | None:
+    """
+    Parse `replay`: `"none"`, `"full"`, or a fraction in (0, 1] (also given as a string, as the command line does).
+
+    >>> parse_replay("0.25"), parse_replay("full")
+    (0.25, 'full')
+    """
+    if replay is None or replay in REPLAY_MODES:
+        return replay
+    fraction = replay
+    if isinstance(replay, str):
+        try:
+            fraction = float(replay)
+        except ValueError:
+            fraction = None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(
+            f"`replay` must be 'none', 'full' or a fraction in (0, 1], but the value passed is {replay!r}. "
+            "Use e.g. replay=0.1 to replay a tenth of each earlier stage's rows."
+        )
+    return float(fraction)
+
+
+def resolve_replay(replay: str | float | None, preset: str | None) -> str | float:
+    """The replay in force: the explicit value, else the preset's, else `"full"`."""
+    if replay is not None:
+        return replay
+    return PRESETS[preset].replay if preset is not None else "full"
+
+
+def build_stages(
+    available_levels: list[int],
+    curriculum_stages: list[list[int]] | None,
+    lora_ranks: list[int] | None,
+    lora_alpha_ratio: float | None,
+    default_rank: int,
+    default_alpha: float,
+    preset: str | None = None,
+) -> list[Stage]:
+    """
+    Build the stages of a curriculum from the levels present in the data and the configuration.
+
+    Explicit `curriculum_stages` and `lora_ranks` win over the preset's; without either, there is one stage per level
+    (ascending) and every stage gets `default_rank`.
+
+    Args:
+        available_levels (`list[int]`): Distinct levels that have rows in the training data.
+        curriculum_stages (`list[list[int]]` or `None`): Levels of each stage, or `None` for the default grouping.
+        lora_ranks (`list[int]` or `None`): One rank per stage, or one rank for all stages.
+        lora_alpha_ratio (`float` or `None`): alpha = ratio x rank; `None` keeps `default_alpha`.
+        default_rank (`int`): Rank used when neither `lora_ranks` nor a preset gives one (the `peft_config`'s `r`).
+        default_alpha (`float`): Alpha used when `lora_alpha_ratio` is `None` (the `peft_config`'s `lora_alpha`).
+        preset (`str` or `None`): Name of a preset in [`PRESETS`].
+
+    >>> [(s.levels, s.lora_rank, s.lora_alpha) for s in build_stages([1, 2], None, [64, 16], 2.0, 8, 16)]
+    [((1,), 64, 128.0), ((2,), 16, 32.0)]
+    """
+    levels = sorted(set(available_levels))
+    if not levels:
+        raise ValueError("The training dataset has no row with a valid level, so the curriculum has no stage.")
+    preset_config = PRESETS[preset] if preset is not None else None
+
+    if curriculum_stages is not None:
+        missing = [level for stage in curriculum_stages for level in stage if level not in levels]
+        if missing:
+            raise ValueError(
+                f"`curriculum_stages` names levels {missing} that have no rows in the training dataset (levels "
+                f"present: {levels}). Remove them from `curriculum_stages`, or add rows of those levels."
+            )
+        stage_levels = [tuple(stage) for stage in curriculum_stages]
+    elif preset_config is not None and preset_config.one_stage:
+        stage_levels = [tuple(levels)]
+    else:
+        stage_levels = [(level,) for level in levels]
+
+    if lora_ranks is None and preset_config is not None:
+        lora_ranks = list(preset_config.lora_ranks)
+    if lora_ranks is None:
+        ranks = [default_rank] * len(stage_levels)
+    elif len(lora_ranks) == 1:
+        ranks = lora_ranks * len(stage_levels)
+    elif len(lora_ranks) == len(stage_levels):
+        ranks = list(lora_ranks)
+    else:
+        raise ValueError(
+            f"`lora_ranks` has {len(lora_ranks)} entries ({lora_ranks}) but the curriculum has {len(stage_levels)} "
+            f"stages ({[list(s) for s in stage_levels]}). Give one rank per stage, or a single rank for every stage."
+        )
+
+    return [
+        Stage(
+            index=index,
+            levels=stage,
+            lora_rank=rank,
+            lora_alpha=float(lora_alpha_ratio * rank) if lora_alpha_ratio is not None else float(default_alpha),
+        )
+        for index, (stage, rank) in enumerate(zip(stage_levels, ranks))
+    ]

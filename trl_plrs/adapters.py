@@ -1,0 +1,186 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Stage transitions on a [`~peft.PeftModel`]: thin wrappers over PEFT's adapter API.
+
+The adapter being trained is always PEFT's `"default"` adapter, so that the Trainer's checkpointing, best-model
+loading and `save_pretrained` keep working unchanged. At a transition the finished `"default"` adapter is either
+merged into the base weights and deleted (`"merge"`), or copied to a frozen, still active adapter `"stage_{k}"`
+(`"stack"`); then a fresh `"default"` adapter of the next stage's rank is added.
+
+Under DeepSpeed ZeRO-3 the parameters are partitioned across ranks; every read or write of a weight here happens
+inside [`gathered_parameters`], one layer at a time, so that the partitions stay consistent.
+"""
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import torch
+from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .curriculum import Stage
+
+
+DEFAULT_ADAPTER = "default"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def stage_adapter_name(stage_index: int) -> str:
+    """Name of the frozen adapter that keeps stage `stage_index` in stack mode."""
+    return f"stage_{stage_index}"
+
+
+def stage_lora_config(peft_config: LoraConfig, stage: Stage) -> LoraConfig:
+    """The user's [`~peft.LoraConfig`] with the stage's rank and alpha."""
+    return replace(peft_config, r=stage.lora_rank, lora_alpha=stage.lora_alpha)
+
+
+def lora_layers(model: nn.Module) -> Iterator[LoraLayer]:
+    """Every LoRA layer of `model`."""
+    return (module for module in model.modules() if isinstance(module, LoraLayer))
+
+
+@contextlib.contextmanager
+def gathered_parameters(params: Sequence[nn.Parameter], modify: bool):
+    """
+    Give every rank the full `params` for the duration of the block under DeepSpeed ZeRO-3; a no-op otherwise.
+
+    With `modify=True`, what rank 0 writes is partitioned back to every rank on exit, so every rank must make the same
+    change (they do here: the same deterministic arithmetic on the same gathered values).
+    """
+    partitioned = [param for param in params if hasattr(param, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
+        yield
+
+
+def _adapter_params(layer: LoraLayer, adapter_name: str) -> list[nn.Parameter]:
+    return [layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight]
+
+
+def merge_adapter_into_base(model: PeftModel, adapter_name: str = DEFAULT_ADAPTER) -> None:
+    """
+    Add the adapter's delta `B @ A * scaling` to the base weights, then delete the adapter.
+
+    PEFT's `merge_adapter` keeps the adapter and marks it as merged, and a later `set_adapter` silently un-merges it;
+    `merge_and_unload` merges but drops every LoRA layer, so no new adapter could be added in place. Here each layer's
+    own `get_delta_weight` is added to its base weight, and the adapter is deleted so that nothing can undo the merge.
+    """
+    for layer in lora_layers(model):
+        if adapter_name not in layer.lora_A:
+            continue
+        base_weight = layer.get_base_layer().weight
+        with gathered_parameters([base_weight, *_adapter_params(layer, adapter_name)], modify=True):
+            with torch.no_grad():
+                base_weight.data += layer.get_delta_weight(adapter_name).to(base_weight.dtype)
+    model.delete_adapter(adapter_name)
+
+
+def freeze_adapter_as(model: PeftModel, frozen_name: str, adapter_name: str = DEFAULT_ADAPTER) -> None:
+    """
+    Copy the adapter to a new adapter `frozen_name` with `requires_grad=False` and no dropout, then delete it.
+
+    The frozen copy stays active (see [`activate_stage_adapter`]); dropping its dropout makes it behave in training as
+    it would once merged.
+    """
+    model.add_adapter(frozen_name, model.peft_config[adapter_name])
+    for layer in lora_layers(model):
+        if adapter_name not in layer.lora_A:
+            continue
+        source, target = _adapter_params(layer, adapter_name), _adapter_params(layer, frozen_name)
+        with gathered_parameters(source + target, modify=True), torch.no_grad():
+            for source_param, target_param in zip(source, target):
+                target_param.data.copy_(source_param.data)
+        layer.lora_dropout[frozen_name] = nn.Identity()
+    model.delete_adapter(adapter_name)
+
+
+def add_stage_adapter(
+    model: PeftModel, peft_config: LoraConfig, frozen_adapters: Sequence[str], autocast_adapter_dtype: bool = True
+) -> None:
+    """
+    Add a fresh `"default"` adapter with `peft_config` and make it the only trainable one, with `frozen_adapters`
+    (stack mode) active beside it. PEFT initialises `B` to zero, so the model's function does not change.
+    """
+    model.add_adapter(DEFAULT_ADAPTER, peft_config, autocast_adapter_dtype=autocast_adapter_dtype)
+    # `PeftModel.set_adapter` takes a single name; the tuner activates several at once. The trainable adapter comes
+    # first: the Trainer's checkpoint and best-model loading treat `active_adapters[0]` as the one being trained.
+    model.base_model.set_adapter([DEFAULT_ADAPTER, *frozen_adapters])
+    if frozen_adapters:
+        model.base_model.set_requires_grad(list(frozen_adapters), requires_grad=False)
+
+
+def trainable_adapter_names(model: nn.Module) -> set[str]:
+    """Names of the LoRA adapters that have at least one parameter with `requires_grad=True`."""
+    names = set()
+    for layer in lora_layers(model):
+        for name in layer.lora_A:
+            if any(param.requires_grad for param in _adapter_params(layer, name)):
+                names.add(name)
+    return names
+
+
+def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> LoraConfig:
+    """
+    Write to `output_dir` one standard LoRA adapter equal to the sum of the saved adapters in `adapter_dirs`.
+
+    This is the `"cat"` combination of PEFT's `add_weighted_adapter` (rank = sum of ranks, alpha = rank, so scaling is
+    1, and `A_k` carries its own scaling), computed on the saved files rather than on a live model: in merge mode the
+    earlier adapters no longer exist in the model, and under ZeRO-3 the live weights are partitioned. Loaded with
+    `PeftModel.from_pretrained(original_base, output_dir)`, the result reproduces base + every stage's delta.
+
+    Returns:
+        [`~peft.LoraConfig`]: The configuration written with the adapter.
+    """
+    configs = [LoraConfig.from_pretrained(adapter_dir) for adapter_dir in adapter_dirs]
+    state_dicts = [load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS_NAME)) for adapter_dir in adapter_dirs]
+    total_rank = sum(config.r for config in configs)
+
+    combined = {}
+    for key in state_dicts[0]:
+        if ".lora_B." in key:
+            continue
+        if ".lora_A." not in key:
+            raise ValueError(f"Cannot concatenate adapters with weights other than LoRA A/B matrices, found {key!r}.")
+        key_b = key.replace(".lora_A.", ".lora_B.")
+        combined[key] = torch.cat(
+            [state[key] * _scaling(config) for state, config in zip(state_dicts, configs, strict=True)], dim=0
+        ).contiguous()
+        combined[key_b] = torch.cat([state[key_b] for state in state_dicts], dim=1).contiguous()
+
+    config = replace(configs[0], r=total_rank, lora_alpha=total_rank, use_rslora=False, rank_pattern={}, alpha_pattern={})
+    os.makedirs(output_dir, exist_ok=True)
+    save_file(combined, os.path.join(output_dir, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    config.save_pretrained(output_dir)
+    return config
+
+
+def _scaling(config: LoraConfig) -> float:
+    return config.lora_alpha / (config.r**0.5 if config.use_rslora else config.r)
+
+
+def read_adapter_config(adapter_dir: str) -> dict:
+    with open(os.path.join(adapter_dir, ADAPTER_CONFIG_NAME)) as config_file:
+        return json.load(config_file)

@@ -1,0 +1,389 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from accelerate.logging import get_logger
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from peft import LoraConfig, PeftConfig
+from transformers import PreTrainedModel, TrainerState
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import TrainOutput
+from trl import SFTTrainer
+
+from .adapters import DEFAULT_ADAPTER, concatenate_lora_adapters
+from .callbacks import CurriculumProgressCallback, PLRSCallback, stage_dir
+from .curriculum import Stage, build_stages, parse_level, resolve_replay
+from .plrs_config import PLRSConfig
+from .replay import stage_row_indices
+
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class CurriculumState:
+    """
+    Where the curriculum stands; everything a resume needs beyond the Trainer's own state.
+
+    Args:
+        stage (`int`): Index of the stage being trained.
+        stage_start_step (`int`): `global_step` at which that stage started.
+        adapter_stage (`int`): Stage whose adapter is the trainable `"default"` adapter.
+        frozen_adapters (`list[str]`): Frozen, active adapters of finished stages (stack mode).
+        trainable_params (`int`): Trainable parameters of the current stage.
+    """
+
+    stage: int = 0
+    stage_start_step: int = 0
+    adapter_stage: int = 0
+    frozen_adapters: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+
+
+class CurriculumSFTTrainer(SFTTrainer):
+    """
+    [`~trl.SFTTrainer`] that trains a curriculum, level by level, with a fresh and (optionally) smaller LoRA adapter at
+    every stage: Sequential Fine-Tuning with Progressive LoRA Rank Shrinking (PLRS).
+
+    One call to [`~CurriculumSFTTrainer.train`] runs every stage. Stage k trains on the rows of its levels plus the
+    configured replay of earlier stages, with a new LoRA adapter of rank `lora_ranks[k]`; what earlier stages learned
+    is kept, merged into the base weights or as frozen adapters (see [`PLRSConfig`]). The training set is tokenized
+    once; each stage selects its rows. The stage mechanics live in [`PLRSCallback`], which this trainer installs.
+
+    At the end, `output_dir` holds one standard PEFT LoRA adapter, the exact concatenation of the stage adapters, that
+    loads on the original base model with `PeftModel.from_pretrained`; `output_dir/stage-{k}` holds each stage's own
+    adapter.
+
+    Example:
+
+    ```python
+    >>> from peft import LoraConfig
+    >>> from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+
+    >>> args = PLRSConfig(output_dir="out", plrs_preset="replay_shrink")
+    >>> trainer = CurriculumSFTTrainer(
+    ...     model="meta-llama/Llama-3.2-1B-Instruct",
+    ...     args=args,
+    ...     train_dataset=dataset,
+    ...     peft_config=LoraConfig(target_modules="all-linear"),
+    ... )
+    >>> trainer.train()
+    ```
+
+    Args:
+        model (`str` or [`~transformers.PreTrainedModel`]):
+            Model to train, or its hub id / local path. Not a [`~peft.PeftModel`]: the trainer manages the adapters.
+        args ([`PLRSConfig`], *optional*):
+            Configuration. Defaults to `PLRSConfig(f"{model_name}-PLRS")`.
+        train_dataset ([`~datasets.Dataset`]):
+            Training data in any format [`~trl.SFTTrainer`] accepts, with a column `args.curriculum_column` giving each
+            row's level. A map-style dataset is required, since each stage selects rows.
+        peft_config ([`~peft.LoraConfig`]):
+            LoRA settings shared by every stage (target modules, dropout, ...); the rank and alpha of each stage come
+            from the curriculum.
+        **kwargs:
+            Every other argument of [`~trl.SFTTrainer`], except `optimizers` (each stage builds its own optimizer; pass
+            `optimizer_cls_and_kwargs` instead).
+    """
+
+    _tag_names = ["trl", "sft", "curriculum", "plrs"]
+    _name = "Curriculum SFT (PLRS)"
+    _paper = {
+        "title": "Sequential Fine-Tuning with Progressive LoRA Rank Shrinking for Math Word Problems",
+        "id": "Pf7sa41jkz",
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: PLRSConfig | None = None,
+        train_dataset: Dataset | None = None,
+        peft_config: LoraConfig | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            args = PLRSConfig(f"{model_name.split('/')[-1]}-PLRS")
+        elif not isinstance(args, PLRSConfig):
+            raise ValueError(
+                f"`args` must be a `PLRSConfig`, but the value passed is a `{type(args).__name__}`. Build the "
+                "configuration with `trl_plrs.PLRSConfig(...)`, which accepts every `SFTConfig` argument."
+            )
+        _check_peft_config(model, peft_config)
+        if kwargs.get("optimizers", (None, None)) != (None, None):
+            raise ValueError(
+                "`optimizers` cannot be passed to `CurriculumSFTTrainer`: every stage trains a new adapter, so it "
+                "builds a new optimizer and scheduler. Pass `optimizer_cls_and_kwargs=(OptimizerClass, kwargs)` or "
+                "set `optim`/`lr_scheduler_type` in the `PLRSConfig` instead."
+            )
+        self.is_quantized = _is_quantized(model, args, kwargs.get("quantization_config"))
+        if self.is_quantized and args.adapter_transition == "merge":
+            raise ValueError(
+                "`adapter_transition='merge'` cannot be used with a quantized (4-bit or 8-bit) base model: merging "
+                "a finished adapter into quantized weights would round it away. Set `adapter_transition='stack'`, "
+                "which keeps finished adapters frozen and active beside the new one."
+            )
+
+        train_dataset, row_levels = _select_leveled_rows(train_dataset, args)
+        self.stages = build_stages(
+            available_levels=row_levels,
+            curriculum_stages=args.curriculum_stages,
+            lora_ranks=args.lora_ranks,
+            lora_alpha_ratio=args.lora_alpha_ratio,
+            default_rank=peft_config.r,
+            default_alpha=peft_config.lora_alpha,
+            preset=args.plrs_preset,
+        )
+        unused_levels = sorted(set(row_levels) - {level for stage in self.stages for level in stage.levels})
+        if unused_levels:
+            logger.warning(
+                f"The training dataset has rows of levels {unused_levels}, which no stage of `curriculum_stages` "
+                f"({args.curriculum_stages}) trains on. Add them to a stage to use them."
+            )
+        self.replay = resolve_replay(args.replay, args.plrs_preset)
+        self.stage_peft_config = peft_config
+        self.curriculum_state = CurriculumState()
+        self.stage_summaries: list[dict[str, Any]] = []
+
+        first_stage_config = dataclasses.replace(
+            peft_config, r=self.stages[0].lora_rank, lora_alpha=self.stages[0].lora_alpha
+        )
+        super().__init__(model, args=args, train_dataset=train_dataset, peft_config=first_stage_config, **kwargs)
+
+        # Tokenized once, here; every stage selects rows of it. Preparation may drop rows (e.g. a completion that
+        # truncation removed entirely), so the levels are read again from the prepared rows.
+        self.curriculum_dataset = self.train_dataset
+        if args.curriculum_column not in self.curriculum_dataset.column_names:
+            raise ValueError(
+                f"The prepared training dataset lost the `curriculum_column` {args.curriculum_column!r} (columns: "
+                f"{self.curriculum_dataset.column_names}). Keep that column in the dataset you pass; with "
+                "`skip_prepare_dataset=True`, keep it beside `input_ids`."
+            )
+        self.row_levels = [parse_level(value) for value in self.curriculum_dataset[args.curriculum_column]]
+        for stage in self.stages:
+            if not any(level in stage.levels for level in self.row_levels):
+                raise ValueError(
+                    f"Stage {stage.index} (levels {list(stage.levels)}) has no training rows left after dataset "
+                    "preparation (rows whose completion is empty after truncation are dropped). Raise `max_length`, "
+                    "or change `curriculum_stages` so that every stage has rows."
+                )
+        # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
+        self.autocast_adapter_dtype = not (
+            args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not self.is_quantized
+        )
+        self.plrs_callback = PLRSCallback(self)
+        # First, so that other callbacks' stage events see the transition done.
+        self.callback_handler.callbacks.insert(0, self.plrs_callback)
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(CurriculumProgressCallback(self))
+
+    def build_stage_dataset(self, stage: Stage) -> Dataset:
+        """
+        The training rows of `stage`: its own levels plus the replay, selected from the tokenized dataset.
+
+        Override this to change how a stage's data is mixed; it must return rows of `self.curriculum_dataset`.
+        """
+        indices = stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, self.args.seed)
+        return self.curriculum_dataset.select(indices)
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial=None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs,
+    ) -> TrainOutput:
+        """
+        Train every stage of the curriculum, in order, then save the combined adapter to `output_dir`.
+
+        `state.global_step` keeps growing across stages; every log entry carries `stage`, `lora_rank` and
+        `trainable_params`. Returns the [`~transformers.trainer_utils.TrainOutput`] of the whole curriculum, with the
+        training loss averaged over every step of every stage.
+        """
+        start_time = time.perf_counter()
+        self.state = TrainerState()
+        self.curriculum_state.stage_start_step = 0
+        outputs = []
+        for stage in self.stages[self.curriculum_state.stage :]:
+            self.curriculum_state.stage = stage.index
+            self._call_stage_event("on_stage_begin", stage)
+            output = super().train(
+                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
+            self._call_stage_event("on_stage_end", stage, metrics=output.metrics)
+            outputs.append(output)
+            resume_from_checkpoint = None
+        self.curriculum_state.stage = len(self.stages)
+
+        self.save_model(self.args.output_dir)
+        total_steps = sum(summary["steps"] for summary in self.stage_summaries)
+        train_loss = sum(summary["train_loss"] * summary["steps"] for summary in self.stage_summaries) / max(
+            total_steps, 1
+        )
+        metrics = {"train_runtime": time.perf_counter() - start_time, "train_loss": train_loss}
+        return TrainOutput(self.state.global_step, train_loss, metrics)
+
+    def _call_stage_event(self, event: str, stage: Stage, **kwargs) -> None:
+        # `CallbackHandler.call_event` requires every callback to define the event; stage events are optional.
+        handler = self.callback_handler
+        for callback in handler.callbacks:
+            method = getattr(callback, event, None)
+            if method is None:
+                continue
+            result = method(
+                self.args,
+                self.state,
+                self.control,
+                stage=stage,
+                model=self.model,
+                processing_class=self.processing_class,
+                optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler,
+                train_dataloader=handler.train_dataloader,
+                eval_dataloader=handler.eval_dataloader,
+                **kwargs,
+            )
+            if result is not None:
+                self.control = result
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ) -> tuple[int, int]:
+        # The Trainer starts a fresh `TrainerState` at every `train()`; a stage carries on the previous stage's step
+        # count and log history instead, so `global_step` only grows and loggers see one continuous run.
+        previous = self.state
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is None:
+            self.state.global_step = previous.global_step
+            self.state.log_history = previous.log_history
+            self.state.total_flos = previous.total_flos
+            self.state.num_input_tokens_seen = previous.num_input_tokens_seen
+            self.curriculum_state.stage_start_step = previous.global_step
+        self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
+        return epochs_trained, steps_trained_in_current_epoch
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        stage = self.stages[min(self.curriculum_state.stage, len(self.stages) - 1)]
+        logs = {
+            **logs,
+            "stage": stage.index,
+            "lora_rank": stage.lora_rank,
+            "trainable_params": self.curriculum_state.trainable_params,
+        }
+        super().log(logs, start_time)
+
+    def save_stage_adapter(self, output_dir: str) -> None:
+        """Save the trainable adapter alone, as a standard PEFT adapter, to `output_dir`."""
+        # Under DeepSpeed the full weights are gathered from every rank (a collective call).
+        state_dict = self.accelerator.get_state_dict(self.model_wrapped) if self.is_deepspeed_enabled else None
+        if self.args.should_save:
+            self.model.save_pretrained(output_dir, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])
+        self.accelerator.wait_for_everyone()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """
+        Save the model. Once the curriculum has finished, this writes the combined adapter of every stage (a standard
+        LoRA adapter for the original base model) and the tokenizer; during training (checkpoints) it saves as
+        [`~trl.SFTTrainer`] does.
+        """
+        if _internal_call or self.curriculum_state.stage < len(self.stages):
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            stage_dirs = [stage_dir(self.args.output_dir, stage.index) for stage in self.stages]
+            concatenate_lora_adapters(stage_dirs, output_dir)
+            self.processing_class.save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+
+
+def _check_peft_config(model, peft_config) -> None:
+    if is_peft_model(model):
+        raise ValueError(
+            "`model` is already a `PeftModel`. `CurriculumSFTTrainer` creates and swaps the LoRA adapters itself: "
+            "pass the base model (merge the existing adapter first with `model.merge_and_unload()`) and a "
+            "`peft_config`."
+        )
+    if peft_config is None:
+        raise ValueError(
+            "`peft_config` is required: every curriculum stage trains a fresh LoRA adapter. Pass e.g. "
+            "`peft_config=LoraConfig(target_modules='all-linear', lora_dropout=0.05)`."
+        )
+    if not isinstance(peft_config, LoraConfig):
+        kind = type(peft_config).__name__ if isinstance(peft_config, PeftConfig) else repr(peft_config)
+        raise ValueError(
+            f"`peft_config` must be a `peft.LoraConfig`, but the value passed is {kind}. Progressive rank shrinking "
+            "applies to LoRA adapters only."
+        )
+    unsupported = {
+        "use_dora": peft_config.use_dora,
+        "rank_pattern": peft_config.rank_pattern,
+        "alpha_pattern": peft_config.alpha_pattern,
+        "modules_to_save": peft_config.modules_to_save,
+        "lora_bias": peft_config.lora_bias,
+    }
+    for name, value in unsupported.items():
+        if value:
+            raise ValueError(
+                f"`peft_config.{name}` is not supported by `CurriculumSFTTrainer` (value passed: {value!r}): stage "
+                "adapters must be plain LoRA A/B matrices of one rank so that they can be merged and concatenated. "
+                f"Unset `{name}`."
+            )
+
+
+def _is_quantized(model, args: PLRSConfig, quantization_config) -> bool:
+    if isinstance(model, str):
+        return quantization_config is not None or "quantization_config" in (args.model_init_kwargs or {})
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list[int]]:
+    """Parse each row's level; drop (or reject) rows without one. Returns the dataset and the level of each row."""
+    if train_dataset is None:
+        raise ValueError("`train_dataset` is required: the curriculum is built from its levels.")
+    if not isinstance(train_dataset, Dataset):
+        raise ValueError(
+            f"`train_dataset` must be a map-style `datasets.Dataset`, but the value passed is a "
+            f"`{type(train_dataset).__name__}`: each stage selects rows by level. Load it without `streaming=True`."
+        )
+    if len(train_dataset) == 0:
+        raise ValueError("`train_dataset` is empty. Pass a dataset with at least one row per curriculum level.")
+    column = args.curriculum_column
+    if column not in train_dataset.column_names:
+        raise ValueError(
+            f"`curriculum_column` is {column!r}, but the training dataset has no such column (columns: "
+            f"{train_dataset.column_names}). Set `curriculum_column` to the column that holds each row's level."
+        )
+    levels = [parse_level(value) for value in train_dataset[column]]
+    unknown = [index for index, level in enumerate(levels) if level is None]
+    if unknown:
+        examples = sorted({repr(train_dataset[index][column]) for index in unknown[:5]})
+        if not args.drop_unknown_levels:
+            raise ValueError(
+                f"{len(unknown)} rows of the training dataset have a `{column}` value that is not a level (e.g. "
+                f"{', '.join(examples)}). Fix or remove those rows, or set `drop_unknown_levels=True` to drop them."
+            )
+        logger.warning(
+            f"Dropped {len(unknown)} training rows whose `{column}` is not a level (e.g. {', '.join(examples)})."
+        )
+        keep = [index for index, level in enumerate(levels) if level is not None]
+        train_dataset = train_dataset.select(keep)
+        levels = [levels[index] for index in keep]
+    return train_dataset, levels
