@@ -1,0 +1,336 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Exact-match evaluation on MATH: batched greedy generation, a predictions CSV written as batches finish (an interrupted
+run resumes), and a summary per level and subject in JSON and markdown.
+
+>>> from trl_plrs.evaluation import evaluate_math, rescore_predictions
+>>> summary = evaluate_math(model, tokenizer, test_dataset, batch_size=32, output_dir="eval/run1")
+>>> summary = rescore_predictions("eval/run1/predictions.csv")  # re-grade without a model
+"""
+
+import copy
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import SYSTEM_PROMPT, build_prompt_messages
+from .grading import GRADING_MODES, accuracy_report, extract_boxed_answer, grade_completion, report_to_markdown
+
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = (
+    "unique_id",
+    "level",
+    "type",
+    "problem",
+    "gold",
+    "completion",
+    "prediction",
+    "correct_strict",
+    "correct_symbolic",
+)
+PREDICTIONS_FILENAME = "predictions.csv"
+SUMMARY_JSON_FILENAME = "summary.json"
+SUMMARY_MARKDOWN_FILENAME = "summary.md"
+
+
+@contextmanager
+def _generation_ready(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    # Left padding keeps every prompt's last token next to its first generated token. A tokenizer without a pad token
+    # (Llama 3) pads with eos; the attention mask hides it. Everything is restored afterwards.
+    padding_side, pad_token, was_training = tokenizer.padding_side, tokenizer.pad_token, model.training
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = padding_side
+        if pad_token is None:
+            tokenizer.pad_token = None
+        model.train(was_training)
+
+
+def _greedy_generation_config(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int):
+    generation_config = copy.deepcopy(model.generation_config)
+    generation_config.update(
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        max_length=None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if generation_config.eos_token_id is None:
+        generation_config.eos_token_id = tokenizer.eos_token_id
+    return generation_config
+
+
+def generate_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[str],
+    max_new_tokens: int = 512,
+    system_prompt: str | None = SYSTEM_PROMPT,
+) -> list[str]:
+    """
+    Greedy completions of one batch of problems: chat template with the generation prompt, LEFT padding, and only
+    the new tokens decoded (never the prompt).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
+            Causal LM.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer with a chat template.
+        problems (`list[str]`):
+            Problem statements; one batch.
+        max_new_tokens (`int`, *optional*, defaults to `512`):
+            Generation budget per completion.
+        system_prompt (`str` or `None`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+            System message, as used in training.
+    """
+    with _generation_ready(model, tokenizer):
+        texts = [
+            tokenizer.apply_chat_template(
+                build_prompt_messages(problem, system_prompt), tokenize=False, add_generation_prompt=True
+            )
+            for problem in problems
+        ]
+        # The chat template already writes any special tokens (e.g. Llama 3's BOS); do not add them twice.
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(model.parameters()).device
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        with torch.inference_mode():
+            outputs = model.generate(
+                **inputs, generation_config=_greedy_generation_config(model, tokenizer, max_new_tokens)
+            )
+    new_tokens = outputs[:, inputs["input_ids"].shape[1] :]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def _read_predictions(csv_path: str) -> list[dict[str, str]]:
+    """Complete rows of a predictions CSV; a row cut short by an interruption is dropped (and rewritten away)."""
+    if not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0:
+        return []
+    with open(csv_path, newline="", encoding="utf-8") as file:
+        content = file.read()
+        rows = list(csv.DictReader(content.splitlines(keepends=True)))
+    complete = [
+        row
+        for row in rows
+        if None not in row
+        and all(row.get(column) is not None for column in PREDICTION_COLUMNS)
+        and row["correct_symbolic"] in ("True", "False")
+    ]
+    if len(complete) != len(rows) or not content.endswith("\n"):
+        logger.warning(f"Dropping {len(rows) - len(complete)} incomplete rows of {csv_path} (interrupted run).")
+        _write_predictions(csv_path, complete)
+    return complete
+
+
+def _write_predictions(csv_path: str, rows: list[dict]) -> None:
+    temporary_path = csv_path + ".tmp"
+    with open(temporary_path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=PREDICTION_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary_path, csv_path)
+
+
+def _write_summary(output_dir: str, rows: list[dict], extra: dict | None = None) -> dict:
+    report = accuracy_report(rows)
+    summary = {**(extra or {}), **report}
+    with open(os.path.join(output_dir, SUMMARY_JSON_FILENAME), "w", encoding="utf-8") as file:
+        json.dump(summary, file, indent=2)
+    with open(os.path.join(output_dir, SUMMARY_MARKDOWN_FILENAME), "w", encoding="utf-8") as file:
+        file.write(report_to_markdown(report))
+    return summary
+
+
+def evaluate_math(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    batch_size: int = 32,
+    max_new_tokens: int = 512,
+    output_dir: str | None = None,
+    system_prompt: str | None = SYSTEM_PROMPT,
+    show_progress: bool = True,
+) -> dict:
+    """
+    Exact-match accuracy of a model on MATH-like rows, in strict and symbolic modes, overall, per level and per subject.
+
+    Generation is greedy and batched with left padding (the same completions as one-by-one generation). When
+    `output_dir` is set, each finished batch is appended (and flushed) to `<output_dir>/predictions.csv` with the
+    columns `unique_id, level, type, problem, gold, completion, prediction, correct_strict, correct_symbolic`; rows
+    whose `unique_id` is already there are skipped, so an interrupted evaluation resumes. The summary is written to
+    `summary.json` and `summary.md` beside it.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
+            Causal LM; it is put in eval mode during generation and its training mode restored afterwards.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer with a chat template; its padding side is set to left during generation and restored.
+        dataset ([`~datasets.Dataset`]):
+            Rows with `problem`, `answer` (or `solution`), `level` and `type`; `unique_id` if present (else the row
+            index is used), e.g. from [`~trl_plrs.data.load_math`].
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per generation batch.
+        max_new_tokens (`int`, *optional*, defaults to `512`):
+            Generation budget per completion (the paper's value).
+        output_dir (`str`, *optional*):
+            Folder of the predictions CSV and the summary. Without it nothing is written and nothing resumes.
+        system_prompt (`str` or `None`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+            System message; use the one the model was trained with.
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar over batches.
+
+    Returns:
+        `dict`: The [`~trl_plrs.grading.accuracy_report`] of all rows of `dataset`, plus `num_generated` (rows generated
+        in this call) and `num_resumed` (rows read back from the CSV).
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, but the value passed is {batch_size}.")
+    if max_new_tokens < 1:
+        raise ValueError(f"`max_new_tokens` must be a positive integer, but the value passed is {max_new_tokens}.")
+    if "problem" not in dataset.column_names or not {"answer", "solution"} & set(dataset.column_names):
+        raise ValueError(
+            f"`dataset` needs a `problem` column and an `answer` or `solution` column, but has {dataset.column_names}. "
+            "Load it with `trl_plrs.data.load_math`."
+        )
+    columns = dataset.column_names
+    unique_ids = (
+        [str(value) for value in dataset["unique_id"]]
+        if "unique_id" in columns
+        else [str(i) for i in range(len(dataset))]
+    )
+    if len(set(unique_ids)) != len(unique_ids):
+        raise ValueError("`dataset` has duplicate `unique_id` values; they must be unique for the CSV to resume.")
+    golds = (
+        list(dataset["answer"])
+        if "answer" in columns
+        else [extract_boxed_answer(solution) for solution in dataset["solution"]]
+    )
+    levels = dataset["level"] if "level" in columns else [""] * len(dataset)
+    types = dataset["type"] if "type" in columns else [""] * len(dataset)
+    problems = dataset["problem"]
+
+    csv_path = None
+    done: dict[str, dict] = {}
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        csv_path = os.path.join(output_dir, PREDICTIONS_FILENAME)
+        done = {row["unique_id"]: row for row in _read_predictions(csv_path)}
+    todo = [index for index, unique_id in enumerate(unique_ids) if unique_id not in done]
+    if done:
+        logger.info(f"Resuming: {len(unique_ids) - len(todo)} rows already in {csv_path}, {len(todo)} to generate.")
+
+    results: dict[str, dict] = {uid: row for uid, row in done.items() if uid in set(unique_ids)}
+    file = None
+    writer = None
+    if csv_path is not None:
+        new_file = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+        file = open(csv_path, "a", newline="", encoding="utf-8")
+        writer = csv.DictWriter(file, fieldnames=PREDICTION_COLUMNS)
+        if new_file:
+            writer.writeheader()
+            file.flush()
+    try:
+        batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        for batch in tqdm(batches, desc="Generating", unit="batch", disable=not show_progress):
+            completions = generate_completions(
+                model, tokenizer, [problems[index] for index in batch], max_new_tokens, system_prompt
+            )
+            rows = []
+            for index, completion in zip(batch, completions, strict=True):
+                row = {
+                    "unique_id": unique_ids[index],
+                    "level": levels[index],
+                    "type": types[index],
+                    "problem": problems[index],
+                    "gold": golds[index],
+                    "completion": completion,
+                    **grade_completion(completion, golds[index]),
+                }
+                rows.append(row)
+                results[row["unique_id"]] = row
+            if writer is not None:
+                writer.writerows(rows)
+                file.flush()
+                os.fsync(file.fileno())
+    finally:
+        if file is not None:
+            file.close()
+
+    ordered = [results[unique_id] for unique_id in unique_ids]
+    extra = {"num_generated": len(todo), "num_resumed": len(unique_ids) - len(todo)}
+    if output_dir is not None:
+        return _write_summary(output_dir, ordered, extra)
+    return {**extra, **accuracy_report(ordered)}
+
+
+def rescore_predictions(csv_path: str, output_dir: str | None = None) -> dict:
+    """
+    Re-grade an existing predictions CSV without a model: the answer is extracted again from each `completion` and
+    compared with `gold` in every mode (what the paper's `exact_match_accuracy.ipynb` did, with today's grader).
+
+    Args:
+        csv_path (`str`):
+            A predictions CSV written by [`evaluate_math`] (or any CSV with at least `completion` and `gold`).
+        output_dir (`str`, *optional*):
+            Where to write the re-graded `predictions.csv`, `summary.json` and `summary.md`. Defaults to the folder of
+            `csv_path` (the CSV is then rewritten in place, atomically).
+
+    Returns:
+        `dict`: The [`~trl_plrs.grading.accuracy_report`] of the re-graded rows.
+    """
+    if not os.path.isfile(csv_path):
+        raise ValueError(f"`csv_path` must be an existing predictions CSV, but {csv_path!r} does not exist.")
+    with open(csv_path, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    if rows and not {"completion", "gold"} <= set(rows[0]):
+        raise ValueError(
+            f"`csv_path` {csv_path!r} must have `completion` and `gold` columns, but has {list(rows[0])}."
+        )
+    regraded = []
+    for index, row in enumerate(rows):
+        gold = row["gold"] if row["gold"] != "" else None
+        regraded.append(
+            {
+                "unique_id": row.get("unique_id") or str(index),
+                "level": row.get("level", ""),
+                "type": row.get("type", ""),
+                "problem": row.get("problem", ""),
+                "gold": row["gold"],
+                "completion": row["completion"],
+                **grade_completion(row["completion"], gold),
+            }
+        )
+    output_dir = output_dir if output_dir is not None else os.path.dirname(os.path.abspath(csv_path))
+    os.makedirs(output_dir, exist_ok=True)
+    _write_predictions(os.path.join(output_dir, PREDICTIONS_FILENAME), regraded)
+    return _write_summary(output_dir, regraded, {"num_rescored": len(regraded), "modes": list(GRADING_MODES)})
