@@ -181,3 +181,40 @@ def test_invalid_arguments(tokenizer):
         evaluate_math(model, tokenizer, Dataset.from_dict({"question": ["q"]}))
     with pytest.raises(ValueError, match="`csv_path` must be an existing predictions CSV"):
         rescore_predictions("does/not/exist.csv")
+
+
+def _load_example_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "evaluate_math.py")
+    spec = importlib.util.spec_from_file_location("evaluate_math_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_script_with_adapter_then_rescore(tmp_path, tokenizer):
+    script = _load_example_script()
+    model_dir, adapter_dir = str(tmp_path / "model"), str(tmp_path / "adapter")
+    model = build_tiny_model(tokenizer)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter_dir)
+    dataset_path = str(tmp_path / "test.jsonl")
+    make_synthetic_math(num_per_level=2).to_json(dataset_path)
+
+    (args,) = script.TrlParser(dataclass_types=[script.EvaluateArguments]).parse_args_and_config(
+        [
+            *("--model_name_or_path", model_dir, "--adapter_path", adapter_dir, "--dataset_path", dataset_path),
+            *("--limit", "3", "--batch_size", "2", "--max_new_tokens", "4", "--output_dir", str(tmp_path / "eval")),
+        ]
+    )
+    summary = script.main(args)
+    assert summary["overall"]["count"] == 3
+
+    (args,) = script.TrlParser(dataclass_types=[script.EvaluateArguments]).parse_args_and_config(
+        ["--rescore_csv", str(tmp_path / "eval" / "predictions.csv"), "--output_dir", str(tmp_path / "rescored")]
+    )
+    assert script.main(args)["num_rescored"] == 3
+    with pytest.raises(ValueError, match="`model_name_or_path` is required"):
+        script.EvaluateArguments()

@@ -1,0 +1,158 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Exact-match evaluation on MATH: a base model plus an optional LoRA adapter, greedy batched generation, a predictions
+CSV that resumes when re-run, and accuracy per level and subject in strict and symbolic modes.
+
+# A base model + adapter on the MATH test split from the Hub (the paper's generation settings)
+```bash
+python examples/evaluate_math.py \
+    --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \
+    --adapter_path outputs/plrs-llama-1b/final_adapter \
+    --dataset_name EleutherAI/hendrycks_math \
+    --split test \
+    --batch_size 32 \
+    --max_new_tokens 512 \
+    --output_dir eval/plrs-llama-1b
+```
+
+# A local copy of MATH (jsonl, json, or a folder of per-problem JSON files), first 100 problems
+```bash
+python examples/evaluate_math.py \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_path data/math/test.jsonl \
+    --limit 100 \
+    --output_dir eval/qwen-0.5b-base
+```
+
+# Re-score an existing predictions CSV without a model
+```bash
+python examples/evaluate_math.py --rescore_csv eval/plrs-llama-1b/predictions.csv
+```
+
+Arguments can also come from a YAML file: `python examples/evaluate_math.py --config eval.yaml`.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import TrlParser
+
+from trl_plrs.data import SYSTEM_PROMPT, load_math
+from trl_plrs.evaluation import evaluate_math, rescore_predictions
+from trl_plrs.grading import report_to_markdown
+
+
+@dataclass
+class EvaluateArguments:
+    """
+    Arguments of `examples/evaluate_math.py`.
+
+    Args:
+        model_name_or_path (`str`, *optional*):
+            Base model (Hub id or local folder). Not needed with `rescore_csv`.
+        adapter_path (`str`, *optional*):
+            PEFT adapter to load on top of the base model.
+        dataset_path (`str`, *optional*):
+            Local MATH file or folder (`.jsonl`, `.json`, or per-problem JSON files).
+        dataset_name (`str`, *optional*, defaults to `"EleutherAI/hendrycks_math"`):
+            Hub dataset, used when `dataset_path` is not set.
+        split (`str`, *optional*, defaults to `"test"`):
+            Split to evaluate.
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per generation batch.
+        max_new_tokens (`int`, *optional*, defaults to `512`):
+            Generation budget per problem.
+        output_dir (`str`, *optional*, defaults to `"eval"`):
+            Folder of `predictions.csv`, `summary.json` and `summary.md`; re-running resumes from the CSV.
+        limit (`int`, *optional*):
+            Evaluate only the first `limit` problems.
+        rescore_csv (`str`, *optional*):
+            Re-grade this predictions CSV (no model is loaded) and write the results to `output_dir`.
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Model dtype: `"auto"`, `"bfloat16"`, `"float16"` or `"float32"`.
+        system_prompt (`str`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+            System message; use the one the model was trained with.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Base model (Hub id or local folder)."})
+    adapter_path: str | None = field(default=None, metadata={"help": "PEFT adapter to load on the base model."})
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Local MATH file or folder (.jsonl, .json or per-problem JSON files)."}
+    )
+    dataset_name: str = field(
+        default="EleutherAI/hendrycks_math", metadata={"help": "Hub dataset, used when `dataset_path` is not set."}
+    )
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per problem."})
+    output_dir: str = field(default="eval", metadata={"help": "Folder of the predictions CSV and the summary."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first `limit` problems."})
+    rescore_csv: str | None = field(
+        default=None, metadata={"help": "Re-grade this predictions CSV without a model, writing to `output_dir`."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Model dtype.", "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"help": "System message used in training."})
+
+    def __post_init__(self):
+        if self.rescore_csv is None and self.model_name_or_path is None:
+            raise ValueError(
+                "`model_name_or_path` is required unless `rescore_csv` is set (re-scoring needs no model)."
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"`limit` must be a positive integer, but the value passed is {self.limit}.")
+
+
+def main(script_args: EvaluateArguments) -> dict:
+    if script_args.rescore_csv is not None:
+        summary = rescore_predictions(script_args.rescore_csv, output_dir=script_args.output_dir)
+        print(report_to_markdown(summary))
+        return summary
+
+    dataset = load_math(script_args.dataset_path or script_args.dataset_name, split=script_args.split)
+    if script_args.limit is not None:
+        dataset = dataset.select(range(min(script_args.limit, len(dataset))))
+
+    dtype = script_args.dtype if script_args.dtype == "auto" else getattr(torch, script_args.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
+    if script_args.adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, script_args.adapter_path)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+
+    summary = evaluate_math(
+        model,
+        tokenizer,
+        dataset,
+        batch_size=script_args.batch_size,
+        max_new_tokens=script_args.max_new_tokens,
+        output_dir=script_args.output_dir,
+        system_prompt=script_args.system_prompt,
+    )
+    print(report_to_markdown(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    parser = TrlParser(dataclass_types=[EvaluateArguments])
+    (script_args,) = parser.parse_args_and_config()
+    main(script_args)
