@@ -71,6 +71,8 @@ def test_replay_of_grouped_stages_samples_each_earlier_stage():
     assert counts[1] + counts[2] == 20  # half of the 40 rows of stage 0
 
 
-@pytest.mark.parametrize("num_rows, fraction, expected", [(10, 0.1, 1), (3, 0.1, 1), (0, 0.5, 0), (7, 1.0, 7), (5, 0.5, 2)])
+@pytest.mark.parametrize(
+    "num_rows, fraction, expected", [(10, 0.1, 1), (3, 0.1, 1), (0, 0.5, 0), (7, 1.0, 7), (5, 0.5, 2)]
+)
 def test_replay_sample_size(num_rows, fraction, expected):
     assert replay_sample_size(num_rows, fraction) == expected

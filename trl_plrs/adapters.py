@@ -170,7 +170,9 @@ def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> L
         ).contiguous()
         combined[key_b] = torch.cat([state[key_b] for state in state_dicts], dim=1).contiguous()
 
-    config = replace(configs[0], r=total_rank, lora_alpha=total_rank, use_rslora=False, rank_pattern={}, alpha_pattern={})
+    config = replace(
+        configs[0], r=total_rank, lora_alpha=total_rank, use_rslora=False, rank_pattern={}, alpha_pattern={}
+    )
     os.makedirs(output_dir, exist_ok=True)
     save_file(combined, os.path.join(output_dir, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
     config.save_pretrained(output_dir)

@@ -315,7 +315,7 @@ class CurriculumSFTTrainer(SFTTrainer):
 
 
 def _check_peft_config(model, peft_config) -> None:
-    if is_peft_model(model):
+    if not isinstance(model, str) and is_peft_model(model):
         raise ValueError(
             "`model` is already a `PeftModel`. `CurriculumSFTTrainer` creates and swaps the LoRA adapters itself: "
             "pass the base model (merge the existing adapter first with `model.merge_and_unload()`) and a "

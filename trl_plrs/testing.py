@@ -150,7 +150,9 @@ def build_tiny_model(
     return model
 
 
-def save_tiny_model(output_dir: str, architecture: str = "llama", corpus: Iterable[str] | None = None, **kwargs) -> str:
+def save_tiny_model(
+    output_dir: str, architecture: str = "llama", corpus: Iterable[str] | None = None, **kwargs
+) -> str:
     """
     Build a tokenizer and a tiny model and save both to `output_dir`, so that they load by path like a hub model.
 

@@ -1,0 +1,182 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from trl_plrs.adapters import (
+    DEFAULT_ADAPTER,
+    add_stage_adapter,
+    concatenate_lora_adapters,
+    freeze_adapter_as,
+    lora_layers,
+    merge_adapter_into_base,
+    trainable_adapter_names,
+)
+from trl_plrs.testing import build_tiny_model
+
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_config(r, **kwargs):
+    return LoraConfig(**{"r": r, "lora_alpha": 2 * r, "target_modules": TARGETS, "lora_dropout": 0.0, **kwargs})
+
+
+def randomize_adapter(model, adapter_name=DEFAULT_ADAPTER, seed=0):
+    """Stand-in for training: give the adapter non-zero A and B."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model):
+            if adapter_name in layer.lora_A:
+                for param in (layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight):
+                    param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.05)
+
+
+@pytest.fixture
+def batch(tokenizer):
+    return tokenizer(["What is 3 + 4?", "Solve 2x = 8 for x."], return_tensors="pt", padding=True)
+
+
+def logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-6)])
+def test_merge_then_new_adapter_keeps_the_function(tokenizer, batch, dtype, tolerance):
+    model = get_peft_model(build_tiny_model(tokenizer, dtype=dtype), lora_config(16))
+    randomize_adapter(model)
+    before = logits(model, batch)
+
+    merge_adapter_into_base(model)
+    assert list(model.peft_config) == []
+    add_stage_adapter(model, lora_config(8), frozen_adapters=[])
+
+    assert torch.allclose(logits(model, batch), before, atol=tolerance, rtol=0)
+    assert list(model.peft_config) == [DEFAULT_ADAPTER]
+    for layer in lora_layers(model):
+        assert layer.lora_A[DEFAULT_ADAPTER].weight.shape[0] == 8
+        assert torch.count_nonzero(layer.lora_B[DEFAULT_ADAPTER].weight) == 0  # PEFT's zero init of B
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-6)])
+def test_freeze_then_new_adapter_keeps_the_function(tokenizer, batch, dtype, tolerance):
+    model = get_peft_model(build_tiny_model(tokenizer, dtype=dtype), lora_config(16, lora_dropout=0.2))
+    randomize_adapter(model)
+    before = logits(model, batch)
+
+    freeze_adapter_as(model, "stage_0")
+    add_stage_adapter(model, lora_config(8), frozen_adapters=["stage_0"])
+
+    assert torch.allclose(logits(model, batch), before, atol=tolerance, rtol=0)
+    assert set(model.peft_config) == {DEFAULT_ADAPTER, "stage_0"}
+    assert model.active_adapters == [DEFAULT_ADAPTER, "stage_0"]
+    assert trainable_adapter_names(model) == {DEFAULT_ADAPTER}
+    for layer in lora_layers(model):
+        assert isinstance(layer.lora_dropout["stage_0"], torch.nn.Identity)
+    # Training mode must not change the frozen adapter's contribution (no dropout on it).
+    model.train()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, before, atol=tolerance, rtol=0)
+
+
+def test_only_the_new_adapter_and_no_base_weight_is_trainable(tokenizer):
+    model = get_peft_model(build_tiny_model(tokenizer), lora_config(16))
+    freeze_adapter_as(model, "stage_0")
+    add_stage_adapter(model, lora_config(8), frozen_adapters=["stage_0"])
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert trainable and all(".lora_A.default." in name or ".lora_B.default." in name for name in trainable)
+    num_modules = 2 * len(TARGETS)  # 2 layers
+    assert len(trainable) == 2 * num_modules
+
+
+def test_recreating_the_adapter_under_the_same_name_discards_the_earlier_stage(tokenizer, batch):
+    """The original notebooks' defect, replayed: `get_peft_model` again on the adapter named "default"."""
+    base = build_tiny_model(tokenizer)
+    base_logits = logits(base, batch)
+
+    stage_1 = get_peft_model(base, lora_config(16))
+    randomize_adapter(stage_1)
+    trained_logits = logits(stage_1, batch)
+    assert not torch.allclose(trained_logits, base_logits, atol=1e-3)
+
+    # Notebook call sequence: get_peft_model on the model again, same adapter name, new rank.
+    stage_2 = get_peft_model(stage_1.get_base_model(), lora_config(8))
+    defective_logits = logits(stage_2, batch)
+    assert torch.allclose(defective_logits, base_logits, atol=1e-6)  # stage 1 silently gone
+
+    # Ours: stage 1 is carried into stage 2.
+    ours = get_peft_model(build_tiny_model(tokenizer), lora_config(16))
+    randomize_adapter(ours)
+    merge_adapter_into_base(ours)
+    add_stage_adapter(ours, lora_config(8), frozen_adapters=[])
+    assert torch.allclose(logits(ours, batch), trained_logits, atol=1e-5)
+
+
+def test_peft_merge_adapter_then_set_adapter_silently_unmerges(tokenizer, batch):
+    """Why `merge_adapter_into_base` does not use PEFT's `merge_adapter` (documented trap of PEFT 0.21)."""
+    model = get_peft_model(build_tiny_model(tokenizer), lora_config(16))
+    randomize_adapter(model)
+    trained_logits = logits(model, batch)
+    model.merge_adapter()
+    model.add_adapter("next", lora_config(8))
+    model.set_adapter("next")  # un-merges "default"
+    assert not any(layer.merged for layer in lora_layers(model))
+    model.delete_adapter("default")
+    assert not torch.allclose(logits(model, batch), trained_logits, atol=1e-3)
+
+
+def test_concatenated_adapter_matches_peft_cat_and_the_stacked_model(tokenizer, batch, tmp_path):
+    base = build_tiny_model(tokenizer)
+    original = copy.deepcopy(base)
+    model = get_peft_model(base, lora_config(16))
+    randomize_adapter(model, seed=1)
+    dirs = []
+    for stage, rank in enumerate([16, 8, 4]):
+        if stage:
+            freeze_adapter_as(model, f"stage_{stage - 1}")
+            add_stage_adapter(model, lora_config(rank), frozen_adapters=[f"stage_{i}" for i in range(stage)])
+            randomize_adapter(model, seed=stage + 1)
+        dirs.append(str(tmp_path / f"stage-{stage}"))
+        model.save_pretrained(dirs[-1], selected_adapters=[DEFAULT_ADAPTER])
+    stacked_logits = logits(model, batch)
+
+    config = concatenate_lora_adapters(dirs, str(tmp_path / "final"))
+    assert (config.r, config.lora_alpha) == (28, 28)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(original), str(tmp_path / "final"))
+    assert torch.allclose(logits(loaded, batch), stacked_logits, atol=1e-5)
+
+    # PEFT's own "cat" combination of the same adapters gives the same weights.
+    oracle = PeftModel.from_pretrained(copy.deepcopy(original), dirs[0], adapter_name="a0")
+    for index, path in enumerate(dirs[1:], start=1):
+        oracle.load_adapter(path, adapter_name=f"a{index}")
+    oracle.add_weighted_adapter(["a0", "a1", "a2"], [1.0, 1.0, 1.0], "cat", combination_type="cat")
+    for layer_ours, layer_oracle in zip(lora_layers(loaded), lora_layers(oracle)):
+        torch.testing.assert_close(layer_ours.lora_A["default"].weight, layer_oracle.lora_A["cat"].weight)
+        torch.testing.assert_close(layer_ours.lora_B["default"].weight, layer_oracle.lora_B["cat"].weight)
+
+
+def test_concatenation_honours_rslora_scaling(tokenizer, batch, tmp_path):
+    model = get_peft_model(build_tiny_model(tokenizer), lora_config(16, use_rslora=True))
+    randomize_adapter(model)
+    model.save_pretrained(str(tmp_path / "a"))
+    expected = logits(model, batch)
+    concatenate_lora_adapters([str(tmp_path / "a")], str(tmp_path / "cat"))
+    loaded = PeftModel.from_pretrained(build_tiny_model(tokenizer), str(tmp_path / "cat"))
+    assert torch.allclose(logits(loaded, batch), expected, atol=1e-5)

@@ -1,0 +1,96 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+import pytest
+from trl import TrlParser
+
+from trl_plrs import PLRSConfig
+
+
+def make_config(**kwargs):
+    return PLRSConfig(**{"output_dir": "out", "use_cpu": True, "bf16": False, "report_to": "none", **kwargs})
+
+
+def test_defaults():
+    config = make_config()
+    assert config.curriculum_column == "level"
+    assert config.curriculum_stages is None
+    assert config.replay is None  # resolved to the preset's value, or "full", by the trainer
+    assert config.lora_ranks is None
+    assert config.lora_alpha_ratio == 2.0
+    assert config.adapter_transition == "merge"
+    assert config.drop_unknown_levels is True
+
+
+def test_command_line_parsing():
+    parser = TrlParser(PLRSConfig)
+    (config,) = parser.parse_args_and_config(
+        [
+            "--output_dir",
+            "out",
+            "--use_cpu",
+            "--bf16",
+            "false",
+            "--report_to",
+            "none",
+            "--curriculum_stages",
+            "1,2",
+            "3",
+            "4,5",
+            "--lora_ranks",
+            "64",
+            "32",
+            "16",
+            "--replay",
+            "0.1",
+            "--adapter_transition",
+            "stack",
+            "--plrs_preset",
+            "replay_shrink",
+        ]
+    )
+    assert config.curriculum_stages == [[1, 2], [3], [4, 5]]
+    assert config.lora_ranks == [64, 32, 16]
+    assert config.replay == 0.1
+    assert config.adapter_transition == "stack"
+    assert config.plrs_preset == "replay_shrink"
+
+
+def test_python_values():
+    config = make_config(curriculum_stages=[[1, 2], [3]], lora_ranks=32, replay="full")
+    assert config.curriculum_stages == [[1, 2], [3]]
+    assert config.lora_ranks == [32]
+    assert config.replay == "full"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"plrs_preset": "b5"}, "`plrs_preset` must be one of .* but the value passed is 'b5'"),
+        ({"adapter_transition": "swap"}, "`adapter_transition` must be one of .* but the value passed is 'swap'"),
+        ({"lora_alpha_ratio": 0.0}, "`lora_alpha_ratio` must be a positive number, but the value passed is 0.0"),
+        ({"lora_alpha_ratio": -2.0}, "`lora_alpha_ratio` must be a positive number"),
+        (
+            {"replay": "half"},
+            "`replay` must be 'none', 'full' or a fraction in \\(0, 1\\], but the value passed is 'half'",
+        ),
+        ({"replay": 1.5}, "`replay` must be 'none', 'full' or a fraction"),
+        ({"lora_ranks": [64, 0]}, "`lora_ranks` must hold positive integers"),
+        ({"curriculum_stages": [[1], [1, 2]]}, "`curriculum_stages` names a level in more than one stage"),
+        ({"packing": True}, "`packing=True` is not supported by the curriculum"),
+    ],
+)
+def test_invalid_values_raise_one_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_config(**kwargs)

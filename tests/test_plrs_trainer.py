@@ -1,0 +1,443 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+import os
+from collections import Counter
+from unittest import mock
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+from trl_plrs.adapters import DEFAULT_ADAPTER, concatenate_lora_adapters, lora_layers, trainable_adapter_names
+from trl_plrs.testing import build_tiny_model, save_tiny_model
+
+from .conftest import make_leveled_dataset
+
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_args(output_dir, **kwargs):
+    defaults = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        per_device_train_batch_size=4,
+        max_steps=3,
+        warmup_steps=1,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        lora_ranks=[16, 8, 4],
+    )
+    return PLRSConfig(**{**defaults, **kwargs})
+
+
+def lora_config(**kwargs):
+    return LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": TARGETS, "lora_dropout": 0.1, **kwargs})
+
+
+def eval_logits(model, batch):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch).logits
+    model.train(was_training)
+    return out
+
+
+class Recorder(TrainerCallback):
+    """Records, at every stage boundary, what the tests check."""
+
+    def __init__(self, batch):
+        self.batch = batch
+        self.trainer = None
+        self.begin, self.end, self.optimizer_params, self.first_lr = [], [], [], []
+
+    def on_stage_begin(self, args, state, control, stage, model, **kwargs):
+        layers = [layer for layer in lora_layers(model) if DEFAULT_ADAPTER in layer.lora_A]
+        base_trainable = [
+            name for name, param in model.named_parameters() if param.requires_grad and ".lora_" not in name
+        ]
+        self.begin.append(
+            {
+                "stage": stage,
+                "global_step": state.global_step,
+                "logits": eval_logits(model, self.batch),
+                "adapters": sorted(model.peft_config),
+                "active": list(model.active_adapters),
+                "trainable_adapters": trainable_adapter_names(model),
+                "default_ranks": {layer.lora_A[DEFAULT_ADAPTER].weight.shape[0] for layer in layers},
+                "default_scaling": {layer.scaling[DEFAULT_ADAPTER] for layer in layers},
+                "default_b_nonzero": sum(
+                    int(torch.count_nonzero(layer.lora_B[DEFAULT_ADAPTER].weight)) for layer in layers
+                ),
+                "targets": {name.split(".")[-1] for name, module in model.named_modules() if module in layers},
+                "base_trainable": base_trainable,
+                "level_counts": Counter(self.trainer.train_dataset["level"]),
+                "is_selection": self.trainer.train_dataset._indices is not None,
+            }
+        )
+
+    def on_stage_end(self, args, state, control, stage, model, **kwargs):
+        self.end.append({"stage": stage, "global_step": state.global_step, "logits": eval_logits(model, self.batch)})
+
+    def on_train_begin(self, args, state, control, optimizer, model, **kwargs):
+        optimized = {id(param) for group in optimizer.param_groups for param in group["params"]}
+        trainable = {id(param) for param in model.parameters() if param.requires_grad}
+        self.optimizer_params.append((optimized, trainable))
+
+
+def run_curriculum(tmp_path, tokenizer, adapter_transition="merge", dtype=torch.float32, **kwargs):
+    batch = tokenizer(["What is 3 + 4?", "What is 12 + 30?"], return_tensors="pt", padding=True)
+    recorder = Recorder(batch)
+    args = make_args(tmp_path / adapter_transition, adapter_transition=adapter_transition, **kwargs)
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer, dtype=dtype),
+        args=args,
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[recorder],
+    )
+    recorder.trainer = trainer
+    original_map = Dataset.map
+
+    def counting_map(self, *args, **kwargs):
+        recorder.maps_during_training += 1
+        return original_map(self, *args, **kwargs)
+
+    recorder.maps_during_training = 0
+    with mock.patch.object(Dataset, "map", counting_map):
+        output = trainer.train()
+    return trainer, recorder, output, batch
+
+
+@pytest.fixture(scope="module", params=["merge", "stack"])
+def trained(request, tmp_path_factory, tokenizer):
+    return run_curriculum(tmp_path_factory.mktemp("run"), tokenizer, adapter_transition=request.param)
+
+
+def test_one_train_call_runs_every_stage_with_growing_global_step(trained):
+    trainer, recorder, output, _ = trained
+    assert [record["stage"].index for record in recorder.begin] == [0, 1, 2]
+    assert [record["global_step"] for record in recorder.end] == [3, 6, 9]
+    assert output.global_step == trainer.state.global_step == 9
+    steps = [entry["step"] for entry in trainer.state.log_history]
+    assert steps == sorted(steps)
+    for entry in trainer.state.log_history:
+        assert {"stage", "lora_rank", "trainable_params"} <= set(entry)
+    by_stage = {entry["stage"]: entry for entry in trainer.state.log_history if "loss" in entry}
+    assert {stage: (entry["lora_rank"]) for stage, entry in by_stage.items()} == {0: 16, 1: 8, 2: 4}
+    params = [by_stage[stage]["trainable_params"] for stage in range(3)]
+    assert params[0] == 2 * params[1] == 4 * params[2] > 0
+
+
+def test_stage_datasets_are_rows_of_the_dataset_tokenized_once(trained):
+    trainer, recorder, _, _ = trained
+    assert "input_ids" in trainer.curriculum_dataset.column_names
+    assert recorder.maps_during_training == 0  # no tokenization (or any other map) once training started
+    assert all(record["is_selection"] for record in recorder.begin)  # an index mapping over the tokenized rows
+
+
+def test_stage_rows_match_the_replay_spec(trained):
+    _, recorder, _, _ = trained
+    counts = [dict(record["level_counts"]) for record in recorder.begin]
+    assert counts == [{"Level 1": 8}, {"Level 1": 8, "Level 2": 8}, {"Level 1": 8, "Level 2": 8, "Level 3": 8}]
+
+
+def test_each_stage_starts_with_exactly_one_fresh_trainable_adapter(trained):
+    trainer, recorder, _, _ = trained
+    for record in recorder.begin:
+        stage = record["stage"]
+        assert record["trainable_adapters"] == {DEFAULT_ADAPTER}
+        assert record["default_ranks"] == {stage.lora_rank}
+        assert record["default_scaling"] == {stage.lora_alpha / stage.lora_rank}
+        assert record["targets"] == set(TARGETS)
+        assert record["base_trainable"] == []
+        assert record["default_b_nonzero"] == 0
+        if trainer.args.adapter_transition == "merge":
+            assert record["adapters"] == [DEFAULT_ADAPTER]
+            assert record["active"] == [DEFAULT_ADAPTER]
+        else:
+            frozen = [f"stage_{index}" for index in range(stage.index)]
+            assert record["adapters"] == sorted([DEFAULT_ADAPTER, *frozen])
+            assert record["active"] == [DEFAULT_ADAPTER, *frozen]
+
+
+def test_transitions_do_not_change_the_model_function(trained):
+    _, recorder, _, _ = trained
+    for end, begin in zip(recorder.end[:-1], recorder.begin[1:]):
+        torch.testing.assert_close(begin["logits"], end["logits"], atol=1e-4, rtol=0)
+    # ... while training did change it
+    assert not torch.allclose(recorder.begin[0]["logits"], recorder.end[0]["logits"], atol=1e-3)
+
+
+def test_transition_is_exact_in_float64(tmp_path, tokenizer):
+    _, recorder, _, _ = run_curriculum(
+        tmp_path, tokenizer, adapter_transition="merge", dtype=torch.float64, max_steps=2
+    )
+    for end, begin in zip(recorder.end[:-1], recorder.begin[1:]):
+        torch.testing.assert_close(begin["logits"], end["logits"], atol=1e-6, rtol=0)
+
+
+def test_learning_is_carried_across_stages(trained, tokenizer):
+    """After stage 2 the model is base + stage-1 delta + stage-2 delta."""
+    trainer, recorder, _, batch = trained
+    first_two = [os.path.join(trainer.args.output_dir, f"stage-{index}") for index in range(2)]
+    combined = os.path.join(trainer.args.output_dir, "first-two")
+    concatenate_lora_adapters(first_two, combined)
+    model = PeftModel.from_pretrained(build_tiny_model(tokenizer), combined)
+    torch.testing.assert_close(eval_logits(model, batch), recorder.end[1]["logits"], atol=1e-4, rtol=0)
+    # and stage 1 alone is not enough: stage 2 added to it
+    only_first = PeftModel.from_pretrained(build_tiny_model(tokenizer), first_two[0])
+    assert not torch.allclose(eval_logits(only_first, batch), recorder.end[1]["logits"], atol=1e-3)
+
+
+def test_optimizer_is_rebuilt_over_the_current_adapter_and_warmup_restarts(trained):
+    trainer, recorder, _, _ = trained
+    assert len(recorder.optimizer_params) == 3
+    for optimized, trainable in recorder.optimizer_params:
+        assert optimized == trainable
+    first_lrs = {}
+    for entry in trainer.state.log_history:
+        if "learning_rate" in entry:
+            first_lrs.setdefault(entry["stage"], entry["learning_rate"])
+    assert first_lrs == {0: 0.0, 1: 0.0, 2: 0.0}  # warmup_steps=1: every stage starts its warmup again
+
+
+def test_stage_adapters_and_final_adapter_are_saved(trained, tokenizer):
+    trainer, recorder, _, batch = trained
+    output_dir = trainer.args.output_dir
+    for stage in trainer.stages:
+        config = LoraConfig.from_pretrained(os.path.join(output_dir, f"stage-{stage.index}"))
+        assert (config.r, config.lora_alpha) == (stage.lora_rank, stage.lora_alpha)
+    final = LoraConfig.from_pretrained(output_dir)
+    assert final.r == 16 + 8 + 4
+    weights = load_file(os.path.join(output_dir, "adapter_model.safetensors"))
+    assert not any("embed" in key for key in weights)  # no resized embeddings saved with the adapter
+    loaded = PeftModel.from_pretrained(build_tiny_model(tokenizer), output_dir)
+    torch.testing.assert_close(eval_logits(loaded, batch), recorder.end[-1]["logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(eval_logits(trainer.model, batch), recorder.end[-1]["logits"], atol=0, rtol=0)
+
+
+def test_save_model_after_training_writes_the_combined_adapter(trained, tmp_path):
+    trainer, _, _, _ = trained
+    trainer.save_model(str(tmp_path / "export"))
+    assert LoraConfig.from_pretrained(str(tmp_path / "export")).r == 28
+
+
+def test_stack_mode_never_changes_the_base_weights(tmp_path, tokenizer):
+    trainer, _, _, _ = run_curriculum(tmp_path, tokenizer, adapter_transition="stack", max_steps=2)
+    original = build_tiny_model(tokenizer).state_dict()
+    for name, value in trainer.model.get_base_model().state_dict().items():
+        if "lora_" in name:
+            continue
+        original_name = name.replace(".base_layer", "")
+        torch.testing.assert_close(value, original[original_name], atol=0, rtol=0)
+
+
+def test_one_stage_curriculum_matches_sft_trainer(tmp_path, tokenizer):
+    dataset = make_leveled_dataset()
+    common = dict(
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=5e-3,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=3,
+    )
+    sft = SFTTrainer(
+        build_tiny_model(tokenizer),
+        args=SFTConfig(str(tmp_path / "sft"), **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(r=32, lora_alpha=64),
+    )
+    sft.train()
+    ours = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=PLRSConfig(str(tmp_path / "ours"), plrs_preset="direct", **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    ours.train()
+    assert len(ours.stages) == 1 and ours.stages[0].levels == (1, 2, 3)
+    sft_weights = {n: p for n, p in sft.model.named_parameters() if "lora_" in n}
+    our_weights = {n: p for n, p in ours.model.named_parameters() if "lora_" in n}
+    assert sft_weights.keys() == our_weights.keys()
+    for name, param in sft_weights.items():
+        torch.testing.assert_close(our_weights[name], param, atol=1e-6, rtol=0)
+
+
+def test_subclass_can_override_the_stage_dataset(tmp_path, tokenizer):
+    class FirstRowsOnly(CurriculumSFTTrainer):
+        def build_stage_dataset(self, stage):
+            rows = super().build_stage_dataset(stage)
+            return rows.select(range(2 * (stage.index + 1)))
+
+    sizes = []
+
+    class StageSizes(TrainerCallback):
+        def on_stage_end(self, args, state, control, stage, metrics, **kwargs):
+            sizes.append((stage.index, len(trainer.train_dataset), metrics["train_loss"] > 0))
+
+    trainer = FirstRowsOnly(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[StageSizes()],
+    )
+    trainer.train()
+    assert sizes == [(0, 2, True), (1, 4, True), (2, 6, True)]
+    assert [summary["rows"] for summary in trainer.stage_summaries] == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "preset",
+    ["direct", "seq_no_replay", "seq_no_replay_shrink", "seq_full_replay", "replay_shrink", "replay_shrink_no_final"],
+)
+def test_every_preset_runs_end_to_end(tmp_path, tokenizer, preset):
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, plrs_preset=preset, lora_ranks=None, max_steps=1, per_device_train_batch_size=2),
+        train_dataset=make_leveled_dataset(levels=(1, 2, 3, 4, 5), rows_per_level=2),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()
+    expected_stages = 1 if preset == "direct" else 5
+    assert len(trainer.stage_summaries) == expected_stages
+    assert trainer.state.global_step == expected_stages
+    replayed = preset in {"seq_full_replay", "replay_shrink", "replay_shrink_no_final"}
+    rows = [summary["rows"] for summary in trainer.stage_summaries]
+    assert rows == ([10] if preset == "direct" else [2, 4, 6, 8, 10] if replayed else [2] * 5)
+    assert LoraConfig.from_pretrained(trainer.args.output_dir).r == sum(stage.lora_rank for stage in trainer.stages)
+
+
+def test_model_given_as_a_path(tmp_path, tokenizer):
+    path = save_tiny_model(str(tmp_path / "tiny"))
+    trainer = CurriculumSFTTrainer(
+        path,
+        args=make_args(tmp_path / "out", max_steps=1, curriculum_stages=[[1, 2], [3]], lora_ranks=[8, 4]),
+        train_dataset=make_leveled_dataset(),
+        peft_config=lora_config(),
+    )
+    trainer.train()
+    assert [summary["levels"] for summary in trainer.stage_summaries] == [[1, 2], [3]]
+
+
+def test_unknown_levels_are_dropped_or_rejected(tmp_path, tokenizer, caplog):
+    dataset = make_leveled_dataset().add_item(
+        {
+            "prompt": [{"role": "user", "content": "?"}],
+            "completion": [{"role": "assistant", "content": "?"}],
+            "level": "Level ?",
+            "row_id": "x",
+        }
+    )
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    assert len(trainer.curriculum_dataset) == 24
+    with pytest.raises(ValueError, match="1 rows of the training dataset have a `level` value that is not a level"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path, drop_unknown_levels=False),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+
+
+def test_single_level_dataset_is_one_stage(tmp_path, tokenizer):
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, lora_ranks=None, max_steps=1),
+        train_dataset=make_leveled_dataset(levels=(2,)),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()
+    assert [stage.levels for stage in trainer.stages] == [(2,)]
+
+
+@pytest.mark.parametrize(
+    "peft_config, match",
+    [
+        (None, "`peft_config` is required"),
+        (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"), "`peft_config` must be a `peft.LoraConfig`"),
+        (LoraConfig(target_modules=TARGETS, use_dora=True), "`peft_config.use_dora` is not supported"),
+        (LoraConfig(target_modules=TARGETS, modules_to_save=["lm_head"]), "`peft_config.modules_to_save`"),
+    ],
+)
+def test_invalid_peft_configs_are_rejected(tmp_path, tokenizer, peft_config, match):
+    with pytest.raises(ValueError, match=match):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+
+
+def test_peft_model_is_rejected(tmp_path, tokenizer):
+    model = get_peft_model(build_tiny_model(tokenizer), lora_config())
+    with pytest.raises(ValueError, match="`model` is already a `PeftModel`"):
+        CurriculumSFTTrainer(
+            model,
+            args=make_args(tmp_path),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+
+
+def test_non_plrs_args_and_optimizers_are_rejected(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="`args` must be a `PLRSConfig`"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=SFTConfig(str(tmp_path), use_cpu=True, bf16=False),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+    with pytest.raises(ValueError, match="`optimizers` cannot be passed"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+            optimizers=(object(), None),
+        )
