@@ -91,6 +91,10 @@ class TestNormalizeAnswer:
             ("3/4", "\\frac{3}{4}"),
             ("-3/4", "\\frac{-3}{4}"),
             ("\\text{Devon}", "\\text{Devon}"),
+            # extensions of the original rules
+            (" x = 4 ", "4"),
+            ("440\\text{ cm}^2", "440"),
+            ("\\frac \\pi4", "\\frac{\\pi}{4}"),
         ],
     )
     def test_rules(self, raw, expected):
@@ -170,6 +174,12 @@ class TestIsEquiv:
             ("\\frac{1}{3}", "0.33"),
             ("x^2", "x^3"),
             ("12", "21"),
+            # found by the benchmark's wrong-digit perturbations of MATH answers
+            ("19 \\text{ and }44", "19 \\text{ and }43"),
+            ("7, -2, \\text{ and } -6", "7, -2, \\text{ and } -5"),
+            (".0000673", ".0000672"),
+            ("1202_4", "1202_3"),
+            ("\\frac \\pi4 + 2 - \\sqrt3", "\\frac \\pi4 + 2 - \\sqrt2"),
         ],
     )
     def test_not_equal(self, pred, gold, mode):

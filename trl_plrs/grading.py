@@ -34,6 +34,7 @@ import functools
 import re
 import threading
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Literal
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -95,12 +96,34 @@ def extract_boxed_answer(text: str | None) -> str | None:
 # Normalisation (the rules of the original MATH grader, Hendrycks et al. 2021)
 
 _SQRT_SINGLE = re.compile(r"\\sqrt(?!\{)(\s*)([^\s\\{])")
+_UNIT_EXPONENT = re.compile(r"^\s*\^\s*\{?\s*\d\s*\}?")
+_TEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
+_PLAIN_DECIMAL = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
+_BASE_SUBSCRIPT = re.compile(r"_\{?(\d+)\}?$")
+_FRAC_SPACE = re.compile(r"\\[dt]?frac\s+")
+
+
+def _remove_trailing_units(text: str) -> str:
+    # `5\text{ cm}` and `440\text{ cm}^2` -> `5`, `440`. Unlike the original grader, only a trailing unit is removed:
+    # in `19 \text{ and }43` the `\text{ ` is not a unit, and cutting there would accept `19 \text{ and }44`.
+    start = text.find("\\text{ ")
+    if start == -1:
+        return text
+    depth = 0
+    for index in range(start + len("\\text"), len(text)):
+        depth += text[index] == "{"
+        depth -= text[index] == "}"
+        if depth == 0:
+            rest = _UNIT_EXPONENT.sub("", text[index + 1 :])
+            return text[:start] if not any(char.isdigit() for char in rest) else text
+    return text[:start]
+
+
 _INTEGER_SLASH_INTEGER = re.compile(r"^(-?(?:0|[1-9][0-9]*))/(0|[1-9][0-9]*)$")
 
 
 def _fix_fracs(text: str) -> str:
-    # `\frac12` -> `\frac{1}{2}`, `\frac1{72}` -> `\frac{1}{72}`, `\frac{1}2` -> `\frac{1}{2}`: a brace-less argument is
-    # one character, as in TeX.
+    # `\frac12` -> `\frac{1}{2}`, `\frac1{72}` -> `\frac{1}{72}`, `\frac{1}2` -> `\frac{1}{2}`.
     pieces = text.split("\\frac")
     result = pieces[0]
     for piece in pieces[1:]:
@@ -121,8 +144,11 @@ def _fix_fracs(text: str) -> str:
                     arguments = None
                     break
             elif rest:
-                arguments.append("{" + rest[0] + "}")
-                rest = rest[1:]
+                # a brace-less argument is one character or one command: `\frac\pi4` -> `\frac{\pi}{4}`
+                command = _TEX_COMMAND.match(rest)
+                length = command.end() if command else 1
+                arguments.append("{" + rest[:length] + "}")
+                rest = rest[length:]
             else:
                 arguments = None
                 break
@@ -135,25 +161,30 @@ def normalize_answer(answer: str | None) -> str | None:
     """
     Normalise an answer string with the rules of the original MATH grader (Hendrycks et al., 2021), in this order:
 
-    1. remove line breaks and `\\!`; `\\\\` becomes `\\`;
+    1. strip surrounding whitespace; remove line breaks and `\\!`; `\\\\` becomes `\\`;
     2. `\\tfrac` and `\\dfrac` become `\\frac`; `\\left` and `\\right` are removed;
     3. degrees `^{\\circ}` / `^\\circ`, dollar signs `\\$` and percent signs `\\%` are removed;
-    4. units: everything from `\\text{ ` (with a space) on is removed (`5 \\text{ cm}` -> `5`);
+    4. units: a trailing `\\text{ ...}` (with a space), with an optional exponent, is removed (`5 \\text{ cm}^2` -> `5`);
     5. a leading `.` or one after a space or `{` gets a `0` (`.5` -> `0.5`);
     6. a short left-hand side is dropped: `x = 3` -> `3` (exactly one `=` and at most two characters before it);
-    7. `\\sqrt3` -> `\\sqrt{3}`; spaces are removed; `\\frac12` -> `\\frac{1}{2}`;
+    7. `\\sqrt3` -> `\\sqrt{3}`; spaces are removed; `\\frac12` -> `\\frac{1}{2}`, `\\frac\\pi4` -> `\\frac{\\pi}{4}`;
     8. `0.5` -> `\\frac{1}{2}`, and an integer ratio `a/b` -> `\\frac{a}{b}`.
+
+    Differences from the original grader, each closing a false positive or a false negative seen on MATH: surrounding
+    whitespace is stripped first (so `\\boxed{ x = 4}` still drops `x =`); a `\\text{ ` is cut only when it is a
+    trailing unit (the original cut `19 \\text{ and }43` to `19`, accepting `19 \\text{ and }44`); a brace-less `\\frac`
+    argument may be a command (the original turned `\\frac\\pi4` into `\\frac{\\}{p}i4`).
 
     Returns `None` for `None`.
     """
     if answer is None:
         return None
-    text = answer.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    text = answer.strip().replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
     text = text.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac")
     text = text.replace("\\left", "").replace("\\right", "")
     text = text.replace("^{\\circ}", "").replace("^\\circ", "")
     text = text.replace("\\$", "")
-    text = text.split("\\text{ ")[0]
+    text = _remove_trailing_units(text)
     text = text.replace("\\%", "")
     text = text.replace(" .", " 0.").replace("{.", "{0.")
     if text.startswith("."):
@@ -192,9 +223,21 @@ def _parse_answer(answer: str, timeout_seconds: int | None) -> tuple:
 
 
 def _symbolic_equal(pred: str, gold: str) -> bool:
+    pred_normalized, gold_normalized = normalize_answer(pred), normalize_answer(gold)
+    # Two plain decimals are compared exactly: math-verify rounds floats to 6 decimals, so it would accept
+    # `0.0000673` for `0.0000672`.
+    # (Percent signs are gone after normalisation, so answers with one, `3\\%` = `0.03`, are left to math-verify.)
+    plain = _PLAIN_DECIMAL.match(pred_normalized) and _PLAIN_DECIMAL.match(gold_normalized)
+    if plain and "%" not in pred + gold:
+        return Decimal(pred_normalized) == Decimal(gold_normalized)
+    # math-verify drops a base subscript (`1202_3` parses as 1202): different bases are different answers.
+    pred_base, gold_base = _BASE_SUBSCRIPT.search(pred_normalized), _BASE_SUBSCRIPT.search(gold_normalized)
+    if pred_base and gold_base and pred_base.group(1) != gold_base.group(1):
+        return False
     timeout_seconds = _math_verify_timeout()
-    gold_parsed = _parse_answer(gold, timeout_seconds)
-    pred_parsed = _parse_answer(pred, timeout_seconds)
+    # Brace-less fractions with a command argument (`\frac \pi4`) are misread by math-verify; brace them first.
+    gold_parsed = _parse_answer(_fix_fracs(_FRAC_SPACE.sub(r"\\frac", gold)), timeout_seconds)
+    pred_parsed = _parse_answer(_fix_fracs(_FRAC_SPACE.sub(r"\\frac", pred)), timeout_seconds)
     if not gold_parsed or not pred_parsed:
         return False
     return verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout_seconds)
@@ -213,7 +256,9 @@ def is_equiv(pred: str | None, gold: str | None, mode: Literal["strict", "symbol
         mode (`str`, *optional*, defaults to `"symbolic"`):
             `"strict"`: equality of the strings after [`normalize_answer`] (the paper's metric). `"symbolic"`: strict
             equality, else math-verify's `verify` (equal values written differently). Both keep `5` != `500` and
-            `3` != `0.03`; `\\frac{2}{4}` equals `\\frac{1}{2}` in symbolic mode only.
+            `3` != `0.03`; `\\frac{2}{4}` equals `\\frac{1}{2}` in symbolic mode only. Symbolic mode also guards
+            math-verify's own traps: two plain decimals are compared exactly (math-verify rounds to 6 decimals, so
+            `0.0000673` would equal `0.0000672`), and different base subscripts (`1202_3`, `1202_4`) are unequal.
 
     >>> is_equiv("\\dfrac{1}{2}", "0.5", mode="strict")
     True
