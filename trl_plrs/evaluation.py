@@ -249,7 +249,8 @@ def evaluate_math(
     if done:
         logger.info(f"Resuming: {len(unique_ids) - len(todo)} rows already in {csv_path}, {len(todo)} to generate.")
 
-    results: dict[str, dict] = {uid: row for uid, row in done.items() if uid in set(unique_ids)}
+    wanted = set(unique_ids)
+    results: dict[str, dict] = {uid: row for uid, row in done.items() if uid in wanted}
     file = None
     writer = None
     if csv_path is not None:
