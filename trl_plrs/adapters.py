@@ -24,8 +24,9 @@ inside [`gathered_parameters`], one layer at a time, so that the partitions stay
 """
 
 import contextlib
-import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -113,8 +114,15 @@ def freeze_adapter_as(model: PeftModel, frozen_name: str, adapter_name: str = DE
         with gathered_parameters(source + target, modify=True), torch.no_grad():
             for source_param, target_param in zip(source, target):
                 target_param.data.copy_(source_param.data)
-        layer.lora_dropout[frozen_name] = nn.Identity()
+    disable_dropout(model, frozen_name)
     model.delete_adapter(adapter_name)
+
+
+def disable_dropout(model: PeftModel, adapter_name: str) -> None:
+    """Replace the adapter's LoRA dropout by the identity: a frozen adapter should act as fixed weights."""
+    for layer in lora_layers(model):
+        if adapter_name in layer.lora_dropout:
+            layer.lora_dropout[adapter_name] = nn.Identity()
 
 
 def add_stage_adapter(
@@ -125,6 +133,11 @@ def add_stage_adapter(
     (stack mode) active beside it. PEFT initialises `B` to zero, so the model's function does not change.
     """
     model.add_adapter(DEFAULT_ADAPTER, peft_config, autocast_adapter_dtype=autocast_adapter_dtype)
+    activate_stage_adapters(model, frozen_adapters)
+
+
+def activate_stage_adapters(model: PeftModel, frozen_adapters: Sequence[str]) -> None:
+    """Activate `"default"` (trainable) and `frozen_adapters` (frozen) together."""
     # `PeftModel.set_adapter` takes a single name; the tuner activates several at once. The trainable adapter comes
     # first: the Trainer's checkpoint and best-model loading treat `active_adapters[0]` as the one being trained.
     model.base_model.set_adapter([DEFAULT_ADAPTER, *frozen_adapters])
@@ -173,16 +186,18 @@ def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> L
     config = replace(
         configs[0], r=total_rank, lora_alpha=total_rank, use_rslora=False, rank_pattern={}, alpha_pattern={}
     )
+    # Each file appears whole or not at all: written in a staging folder, then renamed into place.
     os.makedirs(output_dir, exist_ok=True)
-    save_file(combined, os.path.join(output_dir, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    config.save_pretrained(output_dir)
+    staging = tempfile.mkdtemp(prefix=".adapter-", suffix=".tmp", dir=output_dir)
+    try:
+        save_file(combined, os.path.join(staging, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        config.save_pretrained(staging)
+        for name in (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return config
 
 
 def _scaling(config: LoraConfig) -> float:
     return config.lora_alpha / (config.r**0.5 if config.use_rslora else config.r)
-
-
-def read_adapter_config(adapter_dir: str) -> dict:
-    with open(os.path.join(adapter_dir, ADAPTER_CONFIG_NAME)) as config_file:
-        return json.load(config_file)

@@ -22,7 +22,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from .adapters import (
+    ADAPTER_WEIGHTS_NAME,
+    DEFAULT_ADAPTER,
+    activate_stage_adapters,
     add_stage_adapter,
+    disable_dropout,
     freeze_adapter_as,
     merge_adapter_into_base,
     stage_adapter_name,
@@ -69,6 +73,7 @@ class PLRSCallback(TrainerCallback):
         trainer = self.trainer
         if stage.index > trainer.curriculum_state.adapter_stage:
             self.swap_adapter(stage)
+            trainer.curriculum_state.stage_rows = None
         trainer.train_dataset = trainer.build_stage_dataset(stage)
         # A new optimizer and scheduler over the new adapter only: the Trainer builds them when these are `None`.
         trainer.optimizer, trainer.lr_scheduler = None, None
@@ -96,18 +101,54 @@ class PLRSCallback(TrainerCallback):
             frozen_name = stage_adapter_name(finished_index)
             freeze_adapter_as(model, frozen_name)
             trainer.curriculum_state.frozen_adapters.append(frozen_name)
+        self._add_fresh_adapter(stage)
+
+    def _add_fresh_adapter(self, stage: Stage):
+        trainer = self.trainer
         add_stage_adapter(
-            model,
+            trainer.model,
             stage_lora_config(trainer.stage_peft_config, stage),
             frozen_adapters=trainer.curriculum_state.frozen_adapters,
             autocast_adapter_dtype=trainer.autocast_adapter_dtype,
         )
         if trainer.is_quantized:
             # As `SFTTrainer` does for the first adapter: QLoRA keeps the adapter weights in bf16.
-            for name, param in model.named_parameters():
+            for param in trainer.model.parameters():
                 if param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
         trainer.curriculum_state.adapter_stage = stage.index
+
+    def restore_finished_stages(self, stage_index: int):
+        """
+        Rebuild, for a resume at stage `stage_index`, what every earlier stage learned from its saved adapter in
+        `output_dir/stage-{k}` (merged into the base weights, or frozen and active), then add that stage's adapter.
+        """
+        if stage_index == 0:
+            return
+        trainer = self.trainer
+        model = trainer.model
+        model.delete_adapter(DEFAULT_ADAPTER)
+        trainer.curriculum_state.frozen_adapters = []
+        for finished in trainer.stages[:stage_index]:
+            path = stage_dir(trainer.args.output_dir, finished.index)
+            if not os.path.isfile(os.path.join(path, ADAPTER_WEIGHTS_NAME)):
+                raise ValueError(
+                    f"Cannot resume at stage {stage_index}: the adapter of finished stage {finished.index} is missing "
+                    f"from {path}. Resume with the `output_dir` of the run that wrote the checkpoint."
+                )
+            if trainer.args.adapter_transition == "merge":
+                model.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
+                merge_adapter_into_base(model)
+            else:
+                frozen_name = stage_adapter_name(finished.index)
+                model.load_adapter(path, adapter_name=frozen_name, is_trainable=False)
+                disable_dropout(model, frozen_name)
+                trainer.curriculum_state.frozen_adapters.append(frozen_name)
+        self._add_fresh_adapter(trainer.stages[stage_index])
+
+    def activate_adapters(self):
+        """Activate the trainable adapter and the frozen ones of finished stages (stack mode)."""
+        activate_stage_adapters(self.trainer.model, self.trainer.curriculum_state.frozen_adapters)
 
     def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
         self.trainer.save_stage_adapter(stage_dir(args.output_dir, stage.index))

@@ -13,6 +13,7 @@
 # limitations under the License.
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,13 @@ from trl import SFTTrainer
 
 from .adapters import DEFAULT_ADAPTER, concatenate_lora_adapters
 from .callbacks import CurriculumProgressCallback, PLRSCallback, stage_dir
+from .checkpointing import (
+    CURRICULUM_STATE_NAME,
+    atomic_path,
+    last_complete_checkpoint,
+    read_json,
+    write_json_atomic,
+)
 from .curriculum import Stage, build_stages, parse_level, resolve_replay
 from .plrs_config import PLRSConfig
 from .replay import stage_row_indices
@@ -47,6 +55,8 @@ class CurriculumState:
         adapter_stage (`int`): Stage whose adapter is the trainable `"default"` adapter.
         frozen_adapters (`list[str]`): Frozen, active adapters of finished stages (stack mode).
         trainable_params (`int`): Trainable parameters of the current stage.
+        stage_rows (`list[int]` or `None`): Rows of the tokenized dataset that the current stage trains on, replay
+            sample included, so that a resume trains on the very same rows.
     """
 
     stage: int = 0
@@ -54,6 +64,7 @@ class CurriculumState:
     adapter_stage: int = 0
     frozen_adapters: list[str] = field(default_factory=list)
     trainable_params: int = 0
+    stage_rows: list[int] | None = None
 
 
 class CurriculumSFTTrainer(SFTTrainer):
@@ -199,8 +210,11 @@ class CurriculumSFTTrainer(SFTTrainer):
 
         Override this to change how a stage's data is mixed; it must return rows of `self.curriculum_dataset`.
         """
-        indices = stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, self.args.seed)
-        return self.curriculum_dataset.select(indices)
+        if self.curriculum_state.stage_rows is None:
+            self.curriculum_state.stage_rows = stage_row_indices(
+                self.row_levels, self.stages, stage.index, self.replay, self.args.seed
+            )
+        return self.curriculum_dataset.select(self.curriculum_state.stage_rows)
 
     def train(
         self,
@@ -217,8 +231,16 @@ class CurriculumSFTTrainer(SFTTrainer):
         training loss averaged over every step of every stage.
         """
         start_time = time.perf_counter()
+        checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+        if checkpoint is not None:
+            self._restore_curriculum(checkpoint)
+        elif self.curriculum_state.stage != 0:
+            raise ValueError(
+                "This trainer has already run its curriculum. Create a new `CurriculumSFTTrainer` to train again, or "
+                "pass `resume_from_checkpoint` to continue from a checkpoint."
+            )
         self.state = TrainerState()
-        self.curriculum_state.stage_start_step = 0
+        resume_from_checkpoint = checkpoint
         outputs = []
         for stage in self.stages[self.curriculum_state.stage :]:
             self.curriculum_state.stage = stage.index
@@ -277,8 +299,88 @@ class CurriculumSFTTrainer(SFTTrainer):
             self.state.total_flos = previous.total_flos
             self.state.num_input_tokens_seen = previous.num_input_tokens_seen
             self.curriculum_state.stage_start_step = previous.global_step
+        else:
+            # The checkpoint's `global_step` counts every stage; the data to skip is counted within this stage.
+            steps_in_stage = self.state.global_step - self.curriculum_state.stage_start_step
+            epochs_trained = steps_in_stage // num_update_steps_per_epoch
+            steps_trained_in_current_epoch = 0
+            if not self.args.ignore_data_skip:
+                steps_in_epoch = steps_in_stage % num_update_steps_per_epoch
+                steps_trained_in_current_epoch = steps_in_epoch * self.args.gradient_accumulation_steps
         self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
         return epochs_trained, steps_trained_in_current_epoch
+
+    def _resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is True:
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(
+                    f"`resume_from_checkpoint=True` but `output_dir` ({self.args.output_dir}) holds no complete "
+                    "checkpoint. Set `save_strategy`/`save_steps` so that checkpoints are written, or start without "
+                    "`resume_from_checkpoint`."
+                )
+            return checkpoint
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, CURRICULUM_STATE_NAME)):
+            raise ValueError(
+                f"`resume_from_checkpoint` is {resume_from_checkpoint!r}, which holds no {CURRICULUM_STATE_NAME}: it "
+                "is not a complete checkpoint of a curriculum run (it may have been interrupted while written). Pass "
+                "an earlier checkpoint, or `resume_from_checkpoint=True` to pick the last complete one."
+            )
+        return resume_from_checkpoint
+
+    def curriculum_fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must agree on with this trainer for a resume to continue the same curriculum."""
+        return {
+            "stages": [dataclasses.asdict(stage) for stage in self.stages],
+            "replay": self.replay,
+            "adapter_transition": self.args.adapter_transition,
+            "seed": self.args.seed,
+            "curriculum_column": self.args.curriculum_column,
+            "rows_per_level": {str(level): self.row_levels.count(level) for level in sorted(set(self.row_levels))},
+        }
+
+    def _restore_curriculum(self, checkpoint: str) -> None:
+        saved = read_json(os.path.join(checkpoint, CURRICULUM_STATE_NAME))
+        fingerprint = self.curriculum_fingerprint()
+        differences = [key for key in fingerprint if saved["fingerprint"].get(key) != fingerprint[key]]
+        if differences:
+            details = "; ".join(
+                f"{key}: checkpoint {saved['fingerprint'].get(key)!r}, now {fingerprint[key]!r}" for key in differences
+            )
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: its curriculum differs from this trainer's ({details}). Resume with "
+                "the configuration and training data of the run that wrote the checkpoint, or start a new run in "
+                "another `output_dir`."
+            )
+        state = CurriculumState(**saved["curriculum_state"])
+        self.plrs_callback.restore_finished_stages(state.stage)
+        self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage)
+        self.stage_summaries = saved["stage_summaries"]
+        logger.info(f"Resuming the curriculum at stage {state.stage} from {checkpoint}.")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Written before the Trainer's files: the Trainer writes `trainer_state.json` last, so a checkpoint that has it
+        # has everything (see `checkpointing.is_complete_checkpoint`).
+        if self.args.should_save:
+            checkpoint_dir = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            write_json_atomic(
+                os.path.join(checkpoint_dir, CURRICULUM_STATE_NAME),
+                {
+                    "fingerprint": self.curriculum_fingerprint(),
+                    "curriculum_state": dataclasses.asdict(self.curriculum_state),
+                    "stage_summaries": self.stage_summaries,
+                },
+            )
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # With frozen stage adapters in the checkpoint, the Trainer reloads them and then activates only the first
+        # active adapter; the stack is activated again.
+        if self.curriculum_state.frozen_adapters:
+            self.plrs_callback.activate_adapters()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         stage = self.stages[min(self.curriculum_state.stage, len(self.stages) - 1)]
@@ -295,7 +397,8 @@ class CurriculumSFTTrainer(SFTTrainer):
         # Under DeepSpeed the full weights are gathered from every rank (a collective call).
         state_dict = self.accelerator.get_state_dict(self.model_wrapped) if self.is_deepspeed_enabled else None
         if self.args.should_save:
-            self.model.save_pretrained(output_dir, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])
+            with atomic_path(output_dir) as tmp:
+                self.model.save_pretrained(tmp, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
