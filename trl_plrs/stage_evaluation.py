@@ -1,0 +1,614 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Retention during the curriculum: evaluation per level after every stage, the forgetting matrix and the transfer
+metrics derived from it.
+
+The forgetting matrix `R` has one row per evaluation point (optionally "before training", then "after stage k") and
+one column per level `j`; `R[k, j]` is the eval loss or the exact match on level `j` after stage `k`. With `K` the
+last stage evaluated and `s(j)` the stage that first trains level `j`:
+
+- average final: `mean_j R[K, j]`;
+- backward transfer: `BWT = mean_{j: s(j) < K} (R[K, j] - R[s(j), j])` (negative: earlier levels were forgotten);
+- forgetting of level `j`: `F_j = max_{k < K} R[k, j] - R[K, j]` for `s(j) < K` (positive: forgotten);
+- forward transfer: `FWT = mean_{j: s(j) > 0} (R[s(j) - 1, j] - R[before, j])` (needs the "before training" row).
+
+For a loss (lower is better) every difference is negated, so that positive still means "better" for transfer and
+"worse" for forgetting.
+
+>>> from trl_plrs.stage_evaluation import backward_transfer
+>>> backward_transfer([[0.8, 0.1], [0.6, 0.9]], trained_at=[0, 1])
+-0.2
+"""
+
+import csv
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from accelerate.logging import get_logger
+from datasets import Dataset
+from transformers import TrainerCallback
+from transformers.trainer_callback import EarlyStoppingCallback
+
+from .checkpointing import atomic_path, read_json, write_json_atomic
+from .curriculum import Stage, parse_level
+from .data import SYSTEM_PROMPT
+
+
+if TYPE_CHECKING:
+    from .plrs_trainer import CurriculumSFTTrainer
+
+
+logger = get_logger(__name__)
+
+FORGETTING_MATRIX_JSON = "forgetting_matrix.json"
+FORGETTING_MATRIX_CSV = "forgetting_matrix.csv"
+FORGETTING_HEATMAP_PNG = "forgetting_heatmap.png"
+STAGE_EVAL_DIR = "stage_eval"
+BEFORE_TRAINING = "before"
+# Metrics of the matrix, and whether higher values are better.
+MATRIX_METRICS = {"loss": False, "exact_match": True}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Derived metrics: pure functions over a matrix given as a list of rows (after stage 0, 1, ..., K), one value per level
+
+
+def _sign(higher_is_better: bool) -> int:
+    return 1 if higher_is_better else -1
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [value for value in values if value is not None]
+    return sum(values) / len(values) if values else None
+
+
+def average_final(matrix: Sequence[Sequence[float | None]]) -> float | None:
+    """Mean over levels of the last row: the average final accuracy (or loss). `None` for an empty matrix."""
+    return _mean(list(matrix[-1])) if matrix else None
+
+
+def backward_transfer(
+    matrix: Sequence[Sequence[float | None]], trained_at: Sequence[int | None], higher_is_better: bool = True
+) -> float | None:
+    """
+    `BWT = mean_{j: s(j) < K} (R[K, j] - R[s(j), j])`, with `K` the last row and `s(j) = trained_at[j]` the row of the
+    stage that first trained level `j` (`None`: never trained, left out). Negative means forgetting. For a loss
+    (`higher_is_better=False`) the difference is negated. `None` when no level was trained before the last stage.
+    """
+    last = len(matrix) - 1
+    differences = [
+        _sign(higher_is_better) * (matrix[last][j] - matrix[stage][j])
+        for j, stage in enumerate(trained_at)
+        if stage is not None and stage < last and matrix[last][j] is not None and matrix[stage][j] is not None
+    ]
+    return _mean(differences)
+
+
+def forgetting_per_level(
+    matrix: Sequence[Sequence[float | None]], trained_at: Sequence[int | None], higher_is_better: bool = True
+) -> list[float | None]:
+    """
+    `F_j = max_{k < K} R[k, j] - R[K, j]` for each level trained before the last row `K` (`None` for the others).
+    Positive means forgotten. For a loss (`higher_is_better=False`) it is `R[K, j] - min_{k < K} R[k, j]`.
+    """
+    last = len(matrix) - 1
+    sign = _sign(higher_is_better)
+    forgetting = []
+    for j, stage in enumerate(trained_at):
+        earlier = [sign * matrix[k][j] for k in range(last) if matrix[k][j] is not None]
+        if stage is None or stage >= last or not earlier or matrix[last][j] is None:
+            forgetting.append(None)
+        else:
+            forgetting.append(max(earlier) - sign * matrix[last][j])
+    return forgetting
+
+
+def forward_transfer(
+    matrix: Sequence[Sequence[float | None]],
+    trained_at: Sequence[int | None],
+    before: Sequence[float | None] | None,
+    higher_is_better: bool = True,
+) -> float | None:
+    """
+    `FWT = mean_{j: 0 < s(j) <= K} (R[s(j) - 1, j] - before[j])`: how much training the earlier stages helped a level
+    before its own stage, relative to the model before any training. `None` without a `before` row.
+    """
+    if before is None:
+        return None
+    differences = [
+        _sign(higher_is_better) * (matrix[stage - 1][j] - before[j])
+        for j, stage in enumerate(trained_at)
+        if stage is not None and 0 < stage < len(matrix) and matrix[stage - 1][j] is not None and before[j] is not None
+    ]
+    return _mean(differences)
+
+
+def transfer_summary(
+    matrix: Sequence[Sequence[float | None]],
+    trained_at: Sequence[int | None],
+    before: Sequence[float | None] | None = None,
+    higher_is_better: bool = True,
+) -> dict[str, Any]:
+    """Every derived metric of one matrix: `average_final`, `backward_transfer`, `forward_transfer`, `forgetting`."""
+    if not matrix:
+        return {"average_final": None, "backward_transfer": None, "forward_transfer": None, "forgetting": []}
+    return {
+        "average_final": average_final(matrix),
+        "backward_transfer": backward_transfer(matrix, trained_at, higher_is_better),
+        "forward_transfer": forward_transfer(matrix, trained_at, before, higher_is_better),
+        "forgetting": forgetting_per_level(matrix, trained_at, higher_is_better),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The matrix, its files and its heatmap
+
+
+@dataclass
+class ForgettingMatrix:
+    """
+    Per-level metrics after every stage.
+
+    Args:
+        levels (`list[int]`): Columns: the levels of the evaluation data, ascending.
+        stage_levels (`list[list[int]]`): Levels trained at each stage of the curriculum.
+        before (`dict[str, list]`): Metric -> value per level before training (empty if not evaluated).
+        after_stage (`dict[int, dict[str, list]]`): Stage -> metric -> value per level, for the finished stages.
+    """
+
+    levels: list[int]
+    stage_levels: list[list[int]]
+    before: dict[str, list[float | None]] = field(default_factory=dict)
+    after_stage: dict[int, dict[str, list[float | None]]] = field(default_factory=dict)
+
+    @property
+    def trained_at(self) -> list[int | None]:
+        """For each level, the first stage that trains it (`None` if no stage does)."""
+        first = {}
+        for index, levels in enumerate(self.stage_levels):
+            for level in levels:
+                first.setdefault(level, index)
+        return [first.get(level) for level in self.levels]
+
+    def metrics(self) -> list[str]:
+        names = {name for row in [self.before, *self.after_stage.values()] for name in row}
+        return [name for name in MATRIX_METRICS if name in names]
+
+    def rows(self, metric: str) -> list[list[float | None]]:
+        """The matrix of `metric`: one row per finished stage (0, 1, ...), one column per level."""
+        return [self.after_stage[stage].get(metric, [None] * len(self.levels)) for stage in sorted(self.after_stage)]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """[`transfer_summary`] of each metric, over the finished stages."""
+        summary = {}
+        for metric in self.metrics():
+            rows = self.rows(metric)
+            summary[metric] = transfer_summary(
+                rows, self.trained_at, self.before.get(metric), higher_is_better=MATRIX_METRICS[metric]
+            )
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "levels": self.levels,
+            "stage_levels": self.stage_levels,
+            "trained_at": self.trained_at,
+            "before": self.before,
+            "after_stage": {str(stage): self.after_stage[stage] for stage in sorted(self.after_stage)},
+            "summary": self.summary(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ForgettingMatrix":
+        return cls(
+            levels=list(data["levels"]),
+            stage_levels=[list(levels) for levels in data["stage_levels"]],
+            before=dict(data.get("before", {})),
+            after_stage={int(stage): row for stage, row in data.get("after_stage", {}).items()},
+        )
+
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """Wide rows: `metric, after` (`before` or the stage index), then one `level_<j>` column per level."""
+        rows = []
+        for metric in self.metrics():
+            points = ([(BEFORE_TRAINING, self.before[metric])] if metric in self.before else []) + [
+                (str(stage), self.after_stage[stage][metric])
+                for stage in sorted(self.after_stage)
+                if metric in self.after_stage[stage]
+            ]
+            for after, values in points:
+                rows.append(
+                    {"metric": metric, "after": after, **{f"level_{j}": v for j, v in zip(self.levels, values)}}
+                )
+        return rows
+
+
+def save_forgetting_matrix(matrix: ForgettingMatrix, output_dir: str) -> dict[str, str]:
+    """
+    Write `forgetting_matrix.json` (values, derived metrics) and `forgetting_matrix.csv` to `output_dir`, each
+    atomically, and the heatmap `forgetting_heatmap.png` if matplotlib is installed. Returns the paths written.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {
+        "json": os.path.join(output_dir, FORGETTING_MATRIX_JSON),
+        "csv": os.path.join(output_dir, FORGETTING_MATRIX_CSV),
+    }
+    write_json_atomic(paths["json"], matrix.to_dict())
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=["metric", "after", *[f"level_{j}" for j in matrix.levels]])
+        writer.writeheader()
+        writer.writerows(matrix.csv_rows())
+    png = plot_forgetting_heatmap(matrix, os.path.join(output_dir, FORGETTING_HEATMAP_PNG))
+    if png is not None:
+        paths["png"] = png
+    return paths
+
+
+def load_forgetting_matrix(path: str) -> ForgettingMatrix:
+    """Read a `forgetting_matrix.json` written by [`save_forgetting_matrix`] (a file or its folder)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, FORGETTING_MATRIX_JSON)
+    return ForgettingMatrix.from_dict(read_json(path))
+
+
+def plot_forgetting_heatmap(matrix: ForgettingMatrix, path: str, title: str | None = None) -> str | None:
+    """
+    Draw the matrix as a heatmap PNG, one panel per metric (rows: before training, after stage k; columns: levels;
+    the level trained at a stage is outlined). Needs matplotlib (`pip install trl_plrs[plot]`); without it, logs
+    that the plot is skipped and returns `None`.
+    """
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
+    except ImportError:
+        logger.info("matplotlib is not installed: skipping the forgetting heatmap (`pip install trl_plrs[plot]`).")
+        return None
+    metrics = matrix.metrics()
+    if not metrics:
+        return None
+    labels = ([("before training", BEFORE_TRAINING)] if matrix.before else []) + [
+        (f"after stage {stage} (L{','.join(map(str, matrix.stage_levels[stage]))})", stage)
+        for stage in sorted(matrix.after_stage)
+    ]
+    figure = Figure(figsize=(1.1 * len(matrix.levels) * len(metrics) + 2.8 * len(metrics), 0.55 * len(labels) + 1.6))
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for axis, metric in zip(axes, metrics):
+        nan = [math.nan] * len(matrix.levels)
+        values = [
+            [
+                math.nan if v is None else v
+                for v in (matrix.before if key == BEFORE_TRAINING else matrix.after_stage[key]).get(metric, nan)
+            ]
+            for _, key in labels
+        ]
+        higher_is_better = MATRIX_METRICS[metric]
+        finite = [v for row in values for v in row if not math.isnan(v)]
+        vmin, vmax = (0.0, 1.0) if higher_is_better else (min(finite, default=0.0), max(finite, default=1.0))
+        image = axis.imshow(
+            values, cmap="viridis" if higher_is_better else "viridis_r", vmin=vmin, vmax=vmax, aspect="auto"
+        )
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                if not math.isnan(value):
+                    text = f"{100 * value:.0f}" if higher_is_better else f"{value:.2f}"
+                    shade = (value - vmin) / (vmax - vmin) if vmax > vmin else 0.5
+                    dark = shade < 0.5 if higher_is_better else shade > 0.5
+                    axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        trained_at = matrix.trained_at
+        for i, (_, key) in enumerate(labels):
+            for j, stage in enumerate(trained_at):
+                if key != BEFORE_TRAINING and stage == key:
+                    axis.add_patch(_outline(j, i))
+        axis.set_xticks(range(len(matrix.levels)), [f"L{j}" for j in matrix.levels])
+        axis.set_yticks(range(len(labels)), [label for label, _ in labels] if axis is axes[0] else [""] * len(labels))
+        axis.set_xlabel("evaluated level")
+        axis.set_title("exact match (%)" if metric == "exact_match" else "eval loss (lower is better)", fontsize=10)
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    return path
+
+
+def _outline(column: int, row: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation per level inside the trainer
+
+
+def _system_prompt_of(dataset: Dataset) -> str | None:
+    """The system prompt the eval rows were formatted with (conversational `prompt`), else the default one."""
+    if "prompt" in dataset.column_names and len(dataset) > 0:
+        prompt = dataset[0]["prompt"]
+        if isinstance(prompt, list):
+            return prompt[0]["content"] if prompt and prompt[0].get("role") == "system" else None
+    return SYSTEM_PROMPT
+
+
+class StageEvaluationCallback(TrainerCallback):
+    """
+    Evaluates a [`CurriculumSFTTrainer`] on each level of its `eval_dataset` and keeps the forgetting matrix; installed
+    by the trainer when the evaluation data has the curriculum column.
+
+    - At the beginning of stage k, the trainer's `eval_dataset` becomes the evaluation rows of the levels seen so far
+      (stages 0..k), so that `eval_loss`, `metric_for_best_model` and early stopping look at those levels only; every
+      [`~transformers.EarlyStoppingCallback`] starts the stage with a patience counter of 0.
+    - At every evaluation during training (`eval_strategy`), the loss of every level is logged as
+      `eval_level_<j>/loss` (TensorBoard and W&B show `eval/level_<j>/loss`).
+    - At the end of every stage (after the best model was loaded, with `load_best_model_at_end`), the loss of every
+      level and, with `stage_eval_generate`, the exact match on up to `stage_eval_max_problems_per_level` problems per
+      level are logged and form the stage's row of the matrix, saved to `output_dir` as `forgetting_matrix.json`,
+      `forgetting_matrix.csv` and `forgetting_heatmap.png`; the predictions are kept in
+      `output_dir/stage_eval/after_stage-<k>/predictions.csv` (inputs of [`~trl_plrs.transitions.answer_transitions`]).
+    - With `stage_eval_before_training`, the same evaluation runs before stage 0, for forward transfer.
+    """
+
+    def __init__(self, trainer: "CurriculumSFTTrainer", eval_dataset: Dataset, eval_levels: list[int | None]):
+        self.trainer = trainer
+        self.eval_dataset = eval_dataset
+        self.eval_levels = eval_levels
+        self.levels = sorted({level for level in eval_levels if level is not None})
+        self.level_datasets = {
+            level: eval_dataset.select([i for i, row_level in enumerate(eval_levels) if row_level == level])
+            for level in self.levels
+        }
+        self.matrix = ForgettingMatrix(self.levels, [list(stage.levels) for stage in trainer.stages])
+        self.system_prompt = _system_prompt_of(eval_dataset)
+        self._first_stage_seen = None
+
+    # Events -----------------------------------------------------------------------------------------------------
+
+    def on_stage_begin(self, args, state, control, stage: Stage, **kwargs):
+        trainer = self.trainer
+        if self._first_stage_seen is None:
+            self._first_stage_seen = stage.index
+            self._restore_rows(stage.index)
+        seen = {level for earlier in trainer.stages[: stage.index + 1] for level in earlier.levels}
+        trainer.eval_dataset = self.eval_dataset.select(
+            [i for i, level in enumerate(self.eval_levels) if level in seen]
+        )
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, EarlyStoppingCallback):
+                # The Trainer keeps this counter across `train()` calls; each stage has its own patience.
+                callback.early_stopping_patience_counter = 0
+        if stage.index == 0 and args.stage_eval_before_training and not self.matrix.before:
+            self.matrix.before = self.evaluate_levels(
+                generate=args.stage_eval_generate, predictions_dir=os.path.join(STAGE_EVAL_DIR, "before_training")
+            )
+            self._save()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # The Trainer's own evaluation during a stage (the levels seen so far); add the loss of every level.
+        if getattr(self.trainer, "is_in_train", False):
+            self.evaluate_levels(generate=False)
+
+    def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
+        trainer = self.trainer
+        self.matrix.after_stage[stage.index] = self.evaluate_levels(
+            generate=args.stage_eval_generate,
+            predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.index}"),
+        )
+        summary = self.matrix.summary()
+        logs = {}
+        for metric, derived in summary.items():
+            for name in ("average_final", "backward_transfer", "forward_transfer"):
+                if derived[name] is not None:
+                    logs[f"eval_retention/{name}_{metric}"] = derived[name]
+            for level, value in zip(self.levels, derived["forgetting"]):
+                if value is not None:
+                    logs[f"eval_level_{level}/forgetting_{metric}"] = value
+        if logs:
+            trainer.log(logs)
+        if trainer.stage_summaries and trainer.stage_summaries[-1].get("stage") == stage.index:
+            trainer.stage_summaries[-1]["eval_per_level"] = {
+                metric: dict(zip(map(str, self.levels), values))
+                for metric, values in self.matrix.after_stage[stage.index].items()
+            }
+        self._save()
+        if stage.index == len(trainer.stages) - 1:
+            trainer.eval_dataset = self.eval_dataset  # after the curriculum, `evaluate()` sees every level again
+
+    # Evaluation ---------------------------------------------------------------------------------------------------
+
+    def evaluate_levels(self, generate: bool, predictions_dir: str | None = None) -> dict[str, list[float | None]]:
+        """
+        Loss (and exact match, if `generate`) of the current model on every level; logs them through the trainer's
+        `log()` as `eval_level_<j>/<metric>` and returns `{metric: [value per level]}`.
+        """
+        trainer = self.trainer
+        start_time = time.time()
+        logs, row = {}, {"loss": []}
+        for level in self.levels:
+            metrics = self._loss_metrics(self.level_datasets[level], description=f"Evaluation of level {level}")
+            row["loss"].append(metrics["loss"])
+            logs.update({f"eval_level_{level}/{name}": value for name, value in metrics.items()})
+        if generate:
+            accuracy = self._exact_match(predictions_dir)
+            row["exact_match"] = [accuracy.get(level, {}).get("strict") for level in self.levels]
+            for level in self.levels:
+                for mode, value in accuracy.get(level, {}).items():
+                    suffix = "" if mode == "strict" else f"_{mode}"
+                    logs[f"eval_level_{level}/exact_match{suffix}"] = value
+        logs["eval_levels_runtime"] = round(time.time() - start_time, 4)
+        trainer.log(logs)
+        return row
+
+    def _loss_metrics(self, dataset: Dataset, description: str) -> dict[str, float]:
+        trainer = self.trainer
+        output = trainer.evaluation_loop(
+            trainer.get_eval_dataloader(dataset),
+            description=description,
+            prediction_loss_only=True,
+            metric_key_prefix="eval",
+        )
+        metrics = {"loss": output.metrics["eval_loss"]}
+        # SFTTrainer accumulates token accuracy and entropy per batch in `_metrics["eval"]` and adds them to the next
+        # `log()`; read them here so that they are reported per level rather than mixed over levels.
+        accumulated = getattr(trainer, "_metrics", {}).get("eval")
+        if accumulated:
+            # `num_tokens` counts the training tokens so far, not this level's.
+            metrics.update({name: sum(v) / len(v) for name, v in accumulated.items() if v and name != "num_tokens"})
+            accumulated.clear()
+        return metrics
+
+    def _exact_match(self, predictions_dir: str | None) -> dict[int, dict[str, float]]:
+        from .evaluation import PREDICTIONS_FILENAME, evaluate_math
+
+        trainer, args = self.trainer, self.trainer.args
+        cap = args.stage_eval_max_problems_per_level
+        capped = [
+            self.level_datasets[level].select(range(min(cap, len(self.level_datasets[level]))))
+            for level in self.levels
+        ]
+        rows = [
+            row
+            for dataset in capped
+            for row in dataset.select_columns(_GENERATION_COLUMNS & set(dataset.column_names)).to_list()
+        ]
+        problems = Dataset.from_list(rows)
+        output_dir = None
+        if predictions_dir is not None and args.should_save:
+            output_dir = os.path.join(args.output_dir, predictions_dir)
+            stale = os.path.join(output_dir, PREDICTIONS_FILENAME)
+            if os.path.exists(stale):
+                os.remove(stale)  # a resumed stage trains again: its predictions must come from the new weights
+        # Every rank generates (ZeRO-3 needs all ranks in each forward); only the main process writes the files.
+        report = evaluate_math(
+            trainer.model,
+            trainer.processing_class,
+            problems,
+            batch_size=args.per_device_eval_batch_size,
+            max_new_tokens=args.stage_eval_max_new_tokens,
+            output_dir=output_dir,
+            system_prompt=self.system_prompt,
+            show_progress=not args.disable_tqdm,
+        )
+        accuracy = {}
+        for key, group in report["per_level"].items():
+            level = parse_level(key)
+            if level is not None:
+                accuracy[level] = {
+                    name.removeprefix("accuracy_"): value
+                    for name, value in group.items()
+                    if name.startswith("accuracy_")
+                }
+        return accuracy
+
+    # Files --------------------------------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.trainer.args.should_save:
+            save_forgetting_matrix(self.matrix, self.trainer.args.output_dir)
+
+    def _restore_rows(self, first_stage: int) -> None:
+        # A resumed run keeps the rows of the stages finished before the interruption; a run starting at stage 0
+        # begins a new matrix (an old file in `output_dir` belongs to another run).
+        path = os.path.join(self.trainer.args.output_dir, FORGETTING_MATRIX_JSON)
+        if first_stage == 0 or not os.path.isfile(path):
+            return
+        saved = load_forgetting_matrix(path)
+        if saved.levels != self.matrix.levels or saved.stage_levels != self.matrix.stage_levels:
+            logger.warning(f"Ignoring {path}: it was written for other levels or stages than this curriculum's.")
+            return
+        self.matrix.before = saved.before
+        self.matrix.after_stage = {stage: row for stage, row in saved.after_stage.items() if stage < first_stage}
+
+
+_GENERATION_COLUMNS = {"problem", "solution", "answer", "level", "type", "unique_id"}
+
+
+def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluationCallback | None:
+    """
+    Check the evaluation data and, when it has the curriculum column, install the [`StageEvaluationCallback`] (right
+    after [`~trl_plrs.PLRSCallback`]) and, with `early_stopping_patience`, an
+    [`~transformers.EarlyStoppingCallback`]. Returns the callback, or `None` when per-level evaluation is off.
+    """
+    args = trainer.args
+    column = args.curriculum_column
+    eval_dataset = trainer.eval_dataset
+    required = {
+        name: getattr(args, name)
+        for name in (
+            "stage_eval_per_level",
+            "stage_eval_generate",
+            "stage_eval_before_training",
+            "early_stopping_patience",
+        )
+        if getattr(args, name) not in (None, False)
+    }
+    has_column = isinstance(eval_dataset, Dataset) and column in eval_dataset.column_names
+    if args.stage_eval_per_level is False:
+        return None
+    if not has_column:
+        if required:
+            settings = ", ".join(f"`{name}={value!r}`" for name, value in required.items())
+            found = (
+                "no `eval_dataset` was passed"
+                if eval_dataset is None
+                else f"the prepared `eval_dataset` has no column {column!r} (it is a `{type(eval_dataset).__name__}`"
+                + (f" with columns {eval_dataset.column_names})" if isinstance(eval_dataset, Dataset) else ")")
+            )
+            raise ValueError(
+                f"{settings} asks for evaluation per curriculum level, but {found}. Pass one `datasets.Dataset` as "
+                f"`eval_dataset` with the `curriculum_column` {column!r}, e.g. the validation part of "
+                "`trl_plrs.data.split_train_validation(train_dataset)` (never the test split), or unset those fields."
+            )
+        if eval_dataset is not None:
+            logger.info(f"The `eval_dataset` has no column {column!r}: evaluating it as a whole, not per level.")
+        return None
+
+    eval_levels = [parse_level(value) for value in eval_dataset[column]]
+    levels = sorted({level for level in eval_levels if level is not None})
+    if not levels:
+        raise ValueError(
+            f"No row of the `eval_dataset` has a level in its `{column}` column. Fix that column, or drop it to "
+            "evaluate the data as a whole."
+        )
+    trained = sorted({level for stage in trainer.stages for level in stage.levels})
+    missing = [level for level in trained if level not in levels]
+    if missing:
+        logger.warning(
+            f"The `eval_dataset` has no rows of the trained levels {missing}: the forgetting matrix has no column for "
+            "them. Split the validation data per level, e.g. with `trl_plrs.data.split_train_validation`."
+        )
+    if not set(trainer.stages[0].levels) & set(levels) and args.eval_strategy != "no":
+        raise ValueError(
+            f"The `eval_dataset` has no rows of the first stage's levels {list(trainer.stages[0].levels)}, so the "
+            f"evaluation during that stage (`eval_strategy={args.eval_strategy.value!r}`) would be empty. Add "
+            "validation rows of those levels."
+        )
+    if args.stage_eval_generate:
+        if "problem" not in eval_dataset.column_names or not {"answer", "solution"} & set(eval_dataset.column_names):
+            raise ValueError(
+                "`stage_eval_generate=True` generates answers to the evaluation problems, so the `eval_dataset` needs "
+                f"a `problem` column and an `answer` or `solution` column, but it has {eval_dataset.column_names}. "
+                "Keep them beside `prompt`/`completion` (`dataset.map(to_prompt_completion)` keeps them)."
+            )
+    callback = StageEvaluationCallback(trainer, eval_dataset, eval_levels)
+    # Right after PLRSCallback: the stage's adapter is saved when this evaluates, and later callbacks see the row.
+    trainer.callback_handler.callbacks.insert(1, callback)
+    if args.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    logger.info(f"Evaluating each of the levels {levels} at every evaluation and after every stage.")
+    return callback
