@@ -14,9 +14,13 @@
 
 from dataclasses import dataclass, field
 
+from accelerate.logging import get_logger
 from trl import SFTConfig
 
 from .curriculum import ADAPTER_TRANSITIONS, PRESETS, normalize_curriculum_stages, normalize_lora_ranks, parse_replay
+
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -60,6 +64,29 @@ class PLRSConfig(SFTConfig):
             One of the paper's six baselines, filling `curriculum_stages`, `replay` and `lora_ranks`: `"direct"`
             (B1), `"seq_no_replay"` (B2), `"seq_no_replay_shrink"` (B3), `"seq_full_replay"` (B4), `"replay_shrink"`
             (B5) and `"replay_shrink_no_final"` (B6). A field that you set explicitly wins over the preset's value.
+
+    New parameters for evaluation per level (see [`~trl_plrs.stage_evaluation.StageEvaluationCallback`]):
+        stage_eval_per_level (`bool` or `None`, *optional*):
+            Whether to evaluate each level of the `eval_dataset` separately, at every evaluation and after every stage,
+            and keep the forgetting matrix in `output_dir`. During stage k the trainer's `eval_dataset` (so
+            `eval_loss`, model selection and early stopping) is restricted to the levels of stages 0..k. `None`: on
+            when the `eval_dataset` has the `curriculum_column`. `True`: required (an error if the column is missing).
+        stage_eval_generate (`bool`, *optional*, defaults to `False`):
+            Whether to also generate answers after every stage and report the exact match per level (greedy, graded
+            as in [`~trl_plrs.evaluation.evaluate_math`]). The `eval_dataset` needs `problem` and `answer` (or
+            `solution`) columns.
+        stage_eval_max_problems_per_level (`int`, *optional*, defaults to `100`):
+            Problems generated per level for the exact match (the first ones of each level, the same at every stage).
+        stage_eval_max_new_tokens (`int`, *optional*, defaults to `512`):
+            Generation budget per problem for the exact match (the paper's value).
+        stage_eval_before_training (`bool`, *optional*, defaults to `False`):
+            Whether to evaluate every level before the first stage too: the row that forward transfer needs.
+        early_stopping_patience (`int` or `None`, *optional*):
+            Stop a stage when the validation loss of the levels seen so far has not improved for this many
+            evaluations (the paper uses 2 with `eval_strategy="epoch"`); the next stage starts with a fresh patience.
+            With `load_best_model_at_end=True` each stage then continues from its best checkpoint. Needs an
+            `eval_strategy` other than `"no"` and an `eval_dataset` with the `curriculum_column`;
+            `metric_for_best_model` defaults to `"loss"`.
     """
 
     curriculum_column: str = field(
@@ -111,6 +138,38 @@ class PLRSConfig(SFTConfig):
         },
     )
 
+    stage_eval_per_level: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate each level of the eval_dataset separately and keep the forgetting matrix; during stage k "
+            "the eval set is restricted to the levels seen so far. Default: on when the eval_dataset has the "
+            "curriculum column."
+        },
+    )
+    stage_eval_generate: bool = field(
+        default=False,
+        metadata={"help": "Also generate answers after every stage and report the exact match per level."},
+    )
+    stage_eval_max_problems_per_level: int = field(
+        default=100,
+        metadata={"help": "Problems generated per level for the exact match after every stage."},
+    )
+    stage_eval_max_new_tokens: int = field(
+        default=512,
+        metadata={"help": "Generation budget per problem for the exact match after every stage."},
+    )
+    stage_eval_before_training: bool = field(
+        default=False,
+        metadata={"help": "Evaluate every level before the first stage too (needed for forward transfer)."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop a stage after this many evaluations without improvement of the validation loss of the "
+            "levels seen so far; with load_best_model_at_end, each stage continues from its best checkpoint."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if self.plrs_preset is not None and self.plrs_preset not in PRESETS:
@@ -136,3 +195,40 @@ class PLRSConfig(SFTConfig):
         self.curriculum_stages = normalize_curriculum_stages(self.curriculum_stages)
         self.lora_ranks = normalize_lora_ranks(self.lora_ranks)
         self.replay = parse_replay(self.replay)
+        for name in ("stage_eval_max_problems_per_level", "stage_eval_max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, but the value passed is {value!r}.")
+        patience = self.early_stopping_patience
+        if patience is not None:
+            if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+                raise ValueError(
+                    f"`early_stopping_patience` must be a positive integer or None, but the value passed is "
+                    f"{patience!r}. Use e.g. 2 (the paper's value), or None to train every stage to the end."
+                )
+            if self.eval_strategy == "no":
+                raise ValueError(
+                    f"`early_stopping_patience={patience}` needs evaluations during each stage, but `eval_strategy` is "
+                    "'no'. Set `eval_strategy='epoch'` (as in the paper) or 'steps', and the same `save_strategy` with "
+                    "`load_best_model_at_end=True` to continue each stage from its best checkpoint."
+                )
+            if self.metric_for_best_model is None:
+                self.metric_for_best_model = "loss"
+                self.greater_is_better = False
+            if not self.load_best_model_at_end:
+                logger.warning(
+                    f"`early_stopping_patience={patience}` without `load_best_model_at_end=True`: each stage stops "
+                    "early but keeps its last weights, not its best. Set `load_best_model_at_end=True` (with "
+                    "`save_strategy` equal to `eval_strategy`) to continue from the best checkpoint, as the paper did."
+                )
+        if self.stage_eval_per_level is False:
+            asked = [
+                name
+                for name in ("stage_eval_generate", "stage_eval_before_training", "early_stopping_patience")
+                if getattr(self, name) not in (None, False)
+            ]
+            if asked:
+                raise ValueError(
+                    f"`stage_eval_per_level=False` turns off the evaluation per level, which {asked} need. Leave "
+                    "`stage_eval_per_level` unset (or True), or unset those fields."
+                )

@@ -39,6 +39,7 @@ from .checkpointing import (
 from .curriculum import Stage, build_stages, parse_level, resolve_replay
 from .plrs_config import PLRSConfig
 from .replay import stage_row_indices
+from .stage_evaluation import install_stage_evaluation
 
 
 logger = get_logger(__name__)
@@ -203,6 +204,8 @@ class CurriculumSFTTrainer(SFTTrainer):
         self.callback_handler.callbacks.insert(0, self.plrs_callback)
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(CurriculumProgressCallback(self))
+        # Per-level evaluation, forgetting matrix and per-stage early stopping, when the eval data has levels.
+        self.stage_evaluation = install_stage_evaluation(self)
 
     def build_stage_dataset(self, stage: Stage) -> Dataset:
         """
