@@ -12,7 +12,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+import contextlib
 import dataclasses
+import gc
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -237,6 +240,10 @@ class CurriculumSFTTrainer(SFTTrainer):
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         if checkpoint is not None:
             self._restore_curriculum(checkpoint)
+            # The Trainer restores the RNG state only when it runs a step of the resumed stage. A checkpoint that
+            # closed its stage leaves no step to run, and the next stage's adapter initialisation must then draw from
+            # the checkpoint's RNG state, as it did in the original run.
+            self._load_rng_state(checkpoint)
         elif self.curriculum_state.stage != 0:
             raise ValueError(
                 "This trainer has already run its curriculum. Create a new `CurriculumSFTTrainer` to train again, or "
@@ -245,15 +252,18 @@ class CurriculumSFTTrainer(SFTTrainer):
         self.state = TrainerState()
         resume_from_checkpoint = checkpoint
         outputs = []
-        for stage in self.stages[self.curriculum_state.stage :]:
-            self.curriculum_state.stage = stage.index
-            self._call_stage_event("on_stage_begin", stage)
-            output = super().train(
-                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
-            )
-            self._call_stage_event("on_stage_end", stage, metrics=output.metrics)
-            outputs.append(output)
-            resume_from_checkpoint = None
+        with _long_lived_objects_frozen():
+            for stage in self.stages[self.curriculum_state.stage :]:
+                self.curriculum_state.stage = stage.index
+                self._call_stage_event("on_stage_begin", stage)
+                output = super().train(
+                    resume_from_checkpoint=resume_from_checkpoint,
+                    trial=trial,
+                    ignore_keys_for_eval=ignore_keys_for_eval,
+                )
+                self._call_stage_event("on_stage_end", stage, metrics=output.metrics)
+                outputs.append(output)
+                resume_from_checkpoint = None
         self.curriculum_state.stage = len(self.stages)
 
         self.save_model(self.args.output_dir)
@@ -335,7 +345,7 @@ class CurriculumSFTTrainer(SFTTrainer):
 
     def curriculum_fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must agree on with this trainer for a resume to continue the same curriculum."""
-        return {
+        fingerprint = {
             "stages": [dataclasses.asdict(stage) for stage in self.stages],
             "replay": self.replay,
             "adapter_transition": self.args.adapter_transition,
@@ -343,6 +353,7 @@ class CurriculumSFTTrainer(SFTTrainer):
             "curriculum_column": self.args.curriculum_column,
             "rows_per_level": {str(level): self.row_levels.count(level) for level in sorted(set(self.row_levels))},
         }
+        return json.loads(json.dumps(fingerprint))  # as it reads back from a checkpoint (tuples become lists)
 
     def _restore_curriculum(self, checkpoint: str) -> None:
         saved = read_json(os.path.join(checkpoint, CURRICULUM_STATE_NAME))
@@ -418,6 +429,28 @@ class CurriculumSFTTrainer(SFTTrainer):
             concatenate_lora_adapters(stage_dirs, output_dir)
             self.processing_class.save_pretrained(output_dir)
         self.accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _long_lived_objects_frozen():
+    """
+    Keep the garbage collector off the objects that exist when the curriculum starts (imported modules, the model,
+    the datasets) until the block ends.
+
+    Every stage re-enters the Trainer's training loop, which starts with `accelerator.free_memory()`, a full
+    `gc.collect()`. Once torch, transformers and TRL are imported that walks ~500k objects: 0.2-1 s per stage on a
+    small CPU, most of the curriculum's overhead over one `SFTTrainer` run (see `benchmarks/results/overhead.md`).
+    Frozen objects are skipped, so a stage's collection walks only what earlier stages created, such as the previous
+    optimizer and dataloader it is there to free. Left alone when the caller has already frozen objects.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _check_peft_config(model, peft_config) -> None:
