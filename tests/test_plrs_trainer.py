@@ -12,7 +12,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+import gc
 import os
+import weakref
 from collections import Counter
 from unittest import mock
 
@@ -26,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.adapters import DEFAULT_ADAPTER, concatenate_lora_adapters, lora_layers, trainable_adapter_names
+from trl_plrs.plrs_trainer import _long_lived_objects_frozen
 from trl_plrs.testing import build_tiny_model, save_tiny_model
 
 from .conftest import make_leveled_dataset
@@ -223,6 +226,53 @@ def test_optimizer_is_rebuilt_over_the_current_adapter_and_warmup_restarts(train
         if "learning_rate" in entry:
             first_lrs.setdefault(entry["stage"], entry["learning_rate"])
     assert first_lrs == {0: 0.0, 1: 0.0, 2: 0.0}  # warmup_steps=1: every stage starts its warmup again
+
+
+class FinishedStageWatcher(TrainerCallback):
+    """At each stage's start, records whether the previous stage's optimizer and trainable adapter are still alive."""
+
+    def __init__(self):
+        self.previous_stage_refs, self.previous_stage_alive, self.gc_frozen = [], [], []
+
+    def on_train_begin(self, args, state, control, optimizer, model, **kwargs):
+        self.previous_stage_alive.append([ref() is not None for ref in self.previous_stage_refs])
+        self.gc_frozen.append(gc.get_freeze_count() > 0)
+        layer = next(layer for layer in lora_layers(model) if DEFAULT_ADAPTER in layer.lora_A)
+        self.previous_stage_refs = [
+            weakref.ref(optimizer),
+            weakref.ref(getattr(optimizer, "optimizer", optimizer)),
+            weakref.ref(layer.lora_A[DEFAULT_ADAPTER]),
+            weakref.ref(layer.lora_B[DEFAULT_ADAPTER].weight),
+        ]
+
+
+@pytest.mark.parametrize("adapter_transition", ["merge", "stack"])
+def test_nothing_trainable_of_a_finished_stage_stays_alive(tmp_path, tokenizer, adapter_transition):
+    watcher = FinishedStageWatcher()
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, adapter_transition=adapter_transition, max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[watcher],
+    )
+    trainer.train()
+    assert watcher.previous_stage_alive == [[], [False] * 4, [False] * 4]
+    # The objects that predate training are hidden from the collector during the curriculum only.
+    assert watcher.gc_frozen == [True, True, True]
+    assert gc.get_freeze_count() == 0
+
+
+def test_long_lived_objects_frozen_leaves_a_callers_freeze_alone():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with _long_lived_objects_frozen():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_stage_adapters_and_final_adapter_are_saved(trained, tokenizer):
