@@ -33,6 +33,7 @@ For a loss (lower is better) every difference is negated, so that positive still
 """
 
 import csv
+import logging
 import math
 import os
 import time
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 
 
 logger = get_logger(__name__)
+# For the functions usable outside a trainer, where accelerate's logger would need an initialized state.
+plain_logger = logging.getLogger(__name__)
 
 FORGETTING_MATRIX_JSON = "forgetting_matrix.json"
 FORGETTING_MATRIX_CSV = "forgetting_matrix.csv"
@@ -276,7 +279,9 @@ def plot_forgetting_heatmap(matrix: ForgettingMatrix, path: str, title: str | No
     try:
         from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
     except ImportError:
-        logger.info("matplotlib is not installed: skipping the forgetting heatmap (`pip install trl_plrs[plot]`).")
+        plain_logger.info(
+            "matplotlib is not installed: skipping the forgetting heatmap (`pip install trl_plrs[plot]`)."
+        )
         return None
     metrics = matrix.metrics()
     if not metrics:
