@@ -1,0 +1,210 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+A 3-stage PLRS curriculum launched with `accelerate launch --num_processes 2` on CPU (gloo): DDP, DeepSpeed ZeRO-2,
+and ZeRO-3 in merge and stack modes. Each run is a subprocess (DeepSpeed state leaks into later trainers of one Python
+process) whose worker, `tests/distributed/run_curriculum.py`, writes one JSON report per rank.
+
+Select them with `pytest -m distributed`. The first DeepSpeed run compiles DeepSpeed's shm op (~45 s, cached in
+`~/.cache/torch_extensions`).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from trl_plrs.adapters import ADAPTER_WEIGHTS_NAME
+from trl_plrs.testing import save_tiny_model
+
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DISTRIBUTED_DIR = os.path.join(REPO_ROOT, "tests", "distributed")
+WORKER = os.path.join(DISTRIBUTED_DIR, "run_curriculum.py")
+SCHEDULED_RANKS = [16, 8, 4]
+# float32 tiny model: the transition and reload checks differ only by float rounding (~3e-7 observed).
+LOGITS_ATOL = 1e-5
+# DDP (2 x 2 rows) vs one process (4 rows), same seed and global batch: max |difference| of the final adapter's
+# weights was 1.5e-6 (weights up to 0.25); gradients are averaged in a different order, nothing else differs.
+DDP_VS_SINGLE_ATOL = 1e-5
+LAUNCH_TIMEOUT = 600
+
+ENGINES = {
+    "ddp": ("ddp_cpu.yaml", "DistributedType.MULTI_CPU", None),
+    "zero2": ("deepspeed_zero2_cpu.yaml", "DistributedType.DEEPSPEED", 2),
+    "zero3": ("deepspeed_zero3_cpu.yaml", "DistributedType.DEEPSPEED", 3),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
+    }
+
+
+def _run(command: list[str], output_dir: str) -> None:
+    result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    with open(os.path.join(os.path.dirname(output_dir), os.path.basename(output_dir) + ".log"), "w") as log:
+        log.write(result.stdout + result.stderr)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+def launch(engine: str, base_dir: str, output_dir: str, *worker_args: str) -> list[dict]:
+    config_file = os.path.join(DISTRIBUTED_DIR, ENGINES[engine][0])
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", config_file,
+        "--num_processes", "2",
+        "--main_process_port", str(_free_port()),
+        WORKER, "--base_dir", base_dir, "--output_dir", output_dir, *worker_args,
+    ]  # fmt: skip
+    _run(command, output_dir)
+    return [_read_report(output_dir, rank) for rank in range(2)]
+
+
+def _read_report(output_dir: str, rank: int) -> dict:
+    with open(os.path.join(output_dir, f"report-rank{rank}.json")) as file:
+        return json.load(file)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return save_tiny_model(str(tmp_path_factory.mktemp("base")), architecture="llama", hidden_size=64)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, base_dir):
+    """Each (engine, transition) run once per module, launched on first use."""
+    root = tmp_path_factory.mktemp("distributed")
+    cache = {}
+
+    def get(engine: str, transition: str) -> tuple[list[dict], str]:
+        if (engine, transition) not in cache:
+            output_dir = str(root / f"{engine}-{transition}")
+            cache[engine, transition] = (
+                launch(engine, base_dir, output_dir, "--adapter_transition", transition),
+                output_dir,
+            )
+        return cache[engine, transition]
+
+    return get
+
+
+def _logits(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "engine, transition", [("ddp", "merge"), ("zero2", "merge"), ("zero3", "merge"), ("zero3", "stack")]
+)
+def test_curriculum_survives_engine(runs, base_dir, engine, transition):
+    reports, output_dir = runs(engine, transition)
+    _, distributed_type, zero_stage = ENGINES[engine]
+
+    # Both ranks finished, as two real processes of one job.
+    assert [report["process_index"] for report in reports] == [0, 1]
+    for report in reports:
+        assert report["num_processes"] == 2
+        assert report["distributed_type"] == distributed_type
+        assert report["zero_stage"] == zero_stage
+        assert [stage["lora_rank"] for stage in report["stages"]] == SCHEDULED_RANKS
+        assert [summary["steps"] for summary in report["stage_summaries"]] == [3, 3, 3]
+
+        for stage, begin in zip(report["stages"], report["stage_begin"], strict=True):
+            assert begin["stage"] == stage["index"]
+            # Exactly one trainable adapter, of the scheduled rank; the base stays frozen.
+            assert begin["trainable_adapters"] == ["default"]
+            assert begin["default_ranks"] == [stage["lora_rank"]]
+            assert begin["base_trainable"] == []
+            if transition == "stack":
+                assert begin["adapters"] == sorted(["default", *[f"stage_{k}" for k in range(stage["index"])]])
+            else:
+                assert begin["adapters"] == ["default"]
+            if zero_stage == 3:
+                # Without zero persistence thresholds a tiny model is not sharded and the gather would prove nothing.
+                assert begin["partitioned_base_weights"] == begin["base_weights"] > 0
+            else:
+                assert begin["partitioned_base_weights"] == 0
+
+        # The transition (merge/freeze, new adapter, re-wrap by the engine) leaves the model's function unchanged.
+        for end, begin in zip(report["stage_end"][:-1], report["stage_begin"][1:]):
+            torch.testing.assert_close(_logits(begin["logits"]), _logits(end["logits"]), rtol=0, atol=LOGITS_ATOL)
+
+    # The trainable parameters are identical on both ranks after EVERY stage: a stale DDP wrapper or engine would let
+    # the new adapter's gradients go unsynchronised while the logged loss looks fine.
+    for stage_index in range(len(SCHEDULED_RANKS)):
+        checksums = [report["stage_end"][stage_index]["checksum"] for report in reports]
+        assert checksums[0]["count"] == 28  # A and B of 7 targets x 2 layers
+        assert checksums[0]["sha256"] == checksums[1]["sha256"], f"ranks diverged at stage {stage_index}"
+        # Training moved the adapter (B starts at zero).
+        assert checksums[0]["sum"] != 0
+
+    # The saved combined adapter, on the original base, reproduces the trained model.
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, output_dir).eval()
+    assert model.peft_config["default"].r == sum(SCHEDULED_RANKS)
+    batch = {key: torch.tensor(value) for key, value in reports[0]["probe_batch"].items()}
+    with torch.no_grad():
+        reloaded = model(**batch).logits.double()
+    for report in reports:
+        torch.testing.assert_close(reloaded, _logits(report["final_logits"]), rtol=0, atol=LOGITS_ATOL)
+    trained_moved = (_logits(reports[0]["final_logits"]) - _logits(reports[0]["stage_begin"][0]["logits"])).abs()
+    assert trained_moved.max() > 1e-3
+
+
+def test_ddp_matches_single_process_with_same_global_batch(runs, base_dir, tmp_path):
+    _, ddp_dir = runs("ddp", "merge")
+    single_dir = str(tmp_path / "single")
+    # One process, 4 rows per step = DDP's 2 processes x 2 rows, same seed; no dropout, so nothing random differs.
+    _run(
+        [
+            sys.executable,
+            WORKER,
+            "--base_dir",
+            base_dir,
+            "--output_dir",
+            single_dir,
+            "--per_device_train_batch_size",
+            "4",
+        ],
+        single_dir,
+    )
+    single_report = _read_report(single_dir, 0)
+    assert single_report["num_processes"] == 1
+
+    ddp_weights = load_file(os.path.join(ddp_dir, ADAPTER_WEIGHTS_NAME))
+    single_weights = load_file(os.path.join(single_dir, ADAPTER_WEIGHTS_NAME))
+    assert ddp_weights.keys() == single_weights.keys()
+    for key in ddp_weights:
+        torch.testing.assert_close(ddp_weights[key], single_weights[key], rtol=0, atol=DDP_VS_SINGLE_ATOL)
