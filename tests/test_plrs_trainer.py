@@ -491,3 +491,88 @@ def test_non_plrs_args_and_optimizers_are_rejected(tmp_path, tokenizer):
             peft_config=lora_config(),
             optimizers=(object(), None),
         )
+
+
+def make_trainer(tmp_path, tokenizer, dataset=None, model=None, peft_config=None, **kwargs):
+    return CurriculumSFTTrainer(
+        model if model is not None else build_tiny_model(tokenizer),
+        args=make_args(tmp_path, **kwargs),
+        train_dataset=make_leveled_dataset() if dataset is None else dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config if peft_config is not None else lora_config(),
+    )
+
+
+@pytest.mark.parametrize(
+    "dataset_kwargs, config_kwargs, match",
+    [
+        ({}, {"curriculum_column": "difficulty"}, "`curriculum_column` is 'difficulty', but the training dataset has"),
+        ({}, {"curriculum_stages": [[1], [4]]}, "`curriculum_stages` names levels \\[4\\] that have no rows"),
+        ({}, {"lora_ranks": [16, 8]}, "`lora_ranks` has 2 entries .* but the curriculum has 3 stages"),
+        ({}, {"max_steps": -1, "num_train_epochs": 0}, "`num_train_epochs` is 0 and `max_steps` is -1"),
+        (
+            {"rows_per_level": 3},
+            {"per_device_train_batch_size": 4, "dataloader_drop_last": True},
+            "Stage 0 \\(levels \\[1\\]\\) has 3 rows, fewer than one batch",
+        ),
+    ],
+)
+def test_bad_inputs_raise_before_training(tmp_path, tokenizer, dataset_kwargs, config_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path, tokenizer, dataset=make_leveled_dataset(**dataset_kwargs), **config_kwargs)
+
+
+def test_empty_and_streaming_datasets_are_rejected(tmp_path, tokenizer):
+    empty = make_leveled_dataset().select([])
+    with pytest.raises(ValueError, match="`train_dataset` is empty"):
+        make_trainer(tmp_path, tokenizer, dataset=empty)
+    with pytest.raises(ValueError, match="`train_dataset` must be a map-style `datasets.Dataset`"):
+        make_trainer(tmp_path, tokenizer, dataset=make_leveled_dataset().to_iterable_dataset())
+
+
+def test_stage_left_without_rows_after_truncation(tmp_path, tokenizer):
+    long_prompt = "Consider this very long preamble. " * 40
+    dataset = make_leveled_dataset().map(
+        lambda row: (
+            {"prompt": [{"role": "user", "content": long_prompt + row["prompt"][0]["content"]}]}
+            if row["level"] == "Level 3"
+            else {}
+        )
+    )
+    with pytest.raises(ValueError, match="Stage 2 \\(levels \\[3\\]\\) has no training rows left"):
+        make_trainer(tmp_path, tokenizer, dataset=dataset, max_length=64)
+
+
+def test_target_modules_matching_nothing(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="Target modules .*nonexistent.* not found"):
+        make_trainer(tmp_path, tokenizer, peft_config=LoraConfig(target_modules=["nonexistent"]))
+
+
+def test_merge_mode_is_refused_on_a_quantized_base(tmp_path, tokenizer):
+    model = build_tiny_model(tokenizer)
+    model.is_loaded_in_4bit = True  # what transformers sets on a bitsandbytes 4-bit model
+    with pytest.raises(ValueError, match="`adapter_transition='merge'` cannot be used with a quantized"):
+        make_trainer(tmp_path, tokenizer, model=model, adapter_transition="merge")
+
+
+def test_resume_errors(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer)
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(ValueError, match="which holds no curriculum_state.json"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+
+
+def test_resume_with_a_different_curriculum_is_refused(tmp_path, tokenizer):
+    make_trainer(tmp_path, tokenizer, max_steps=1, save_strategy="steps", save_steps=1).train()
+    other = make_trainer(tmp_path, tokenizer, max_steps=1, lora_ranks=[32, 8, 4])
+    with pytest.raises(ValueError, match="its curriculum differs from this trainer's \\(stages: checkpoint"):
+        other.train(resume_from_checkpoint=True)
+
+
+def test_training_twice_needs_a_new_trainer_or_a_checkpoint(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, max_steps=1)
+    trainer.train()
+    with pytest.raises(ValueError, match="has already run its curriculum"):
+        trainer.train()

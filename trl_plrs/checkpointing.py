@@ -26,8 +26,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from accelerate.logging import get_logger
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils.logging import get_logger
 
 
 logger = get_logger(__name__)

@@ -191,13 +191,7 @@ class CurriculumSFTTrainer(SFTTrainer):
                 "`skip_prepare_dataset=True`, keep it beside `input_ids`."
             )
         self.row_levels = [parse_level(value) for value in self.curriculum_dataset[args.curriculum_column]]
-        for stage in self.stages:
-            if not any(level in stage.levels for level in self.row_levels):
-                raise ValueError(
-                    f"Stage {stage.index} (levels {list(stage.levels)}) has no training rows left after dataset "
-                    "preparation (rows whose completion is empty after truncation are dropped). Raise `max_length`, "
-                    "or change `curriculum_stages` so that every stage has rows."
-                )
+        self._check_every_stage_trains()
         # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
         self.autocast_adapter_dtype = not (
             args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not self.is_quantized
@@ -209,6 +203,32 @@ class CurriculumSFTTrainer(SFTTrainer):
             self.add_callback(CurriculumProgressCallback(self))
         # Per-level evaluation, forgetting matrix and per-stage early stopping, when the eval data has levels.
         self.stage_evaluation = install_stage_evaluation(self)
+
+    def _check_every_stage_trains(self) -> None:
+        """Fail before training when a stage would run no optimizer step."""
+        args = self.args
+        if args.max_steps <= 0 and args.num_train_epochs <= 0:
+            raise ValueError(
+                f"`num_train_epochs` is {args.num_train_epochs} and `max_steps` is {args.max_steps}, so no stage would "
+                "train. Set `num_train_epochs` (per stage) to a positive number, or `max_steps` (per stage) to a "
+                "positive integer."
+            )
+        rows_per_batch = args.per_device_train_batch_size * args.world_size
+        for stage in self.stages:
+            rows = len(stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, args.seed))
+            if not any(level in stage.levels for level in self.row_levels):
+                raise ValueError(
+                    f"Stage {stage.index} (levels {list(stage.levels)}) has no training rows left after dataset "
+                    "preparation (rows whose completion is empty after truncation are dropped). Raise `max_length`, "
+                    "or change `curriculum_stages` so that every stage has rows."
+                )
+            if args.dataloader_drop_last and rows < rows_per_batch:
+                raise ValueError(
+                    f"Stage {stage.index} (levels {list(stage.levels)}) has {rows} rows, fewer than one batch "
+                    f"({rows_per_batch} = `per_device_train_batch_size` x processes), and `dataloader_drop_last=True` "
+                    "would drop them all, so the stage would run no optimizer step. Set `dataloader_drop_last=False` or "
+                    "lower `per_device_train_batch_size`."
+                )
 
     def build_stage_dataset(self, stage: Stage) -> Dataset:
         """
