@@ -17,6 +17,16 @@ __version__ = "0.1.0.dev0"
 
 from .callbacks import PLRSCallback
 from .curriculum import PRESETS, Stage, build_stages, parse_level
+from .data import (
+    SYSTEM_PROMPT,
+    load_math,
+    make_synthetic_math,
+    math_corpus,
+    split_train_validation,
+    to_prompt_completion,
+)
+from .evaluation import evaluate_math, rescore_predictions
+from .grading import accuracy_report, extract_boxed_answer, is_equiv, normalize_answer
 from .plrs_config import PLRSConfig
 from .plrs_trainer import CurriculumSFTTrainer, CurriculumState
 from .replay import stage_row_indices
@@ -24,12 +34,24 @@ from .replay import stage_row_indices
 
 __all__ = [
     "PRESETS",
+    "SYSTEM_PROMPT",
     "CurriculumSFTTrainer",
     "CurriculumState",
     "PLRSCallback",
     "PLRSConfig",
     "Stage",
+    "accuracy_report",
     "build_stages",
+    "evaluate_math",
+    "extract_boxed_answer",
+    "is_equiv",
+    "load_math",
+    "make_synthetic_math",
+    "math_corpus",
+    "normalize_answer",
     "parse_level",
+    "rescore_predictions",
+    "split_train_validation",
     "stage_row_indices",
+    "to_prompt_completion",
 ]
