@@ -302,15 +302,17 @@ def plot_forgetting_heatmap(matrix: ForgettingMatrix, path: str, title: str | No
             for _, key in labels
         ]
         higher_is_better = MATRIX_METRICS[metric]
+        if higher_is_better:  # accuracies are shown in %
+            values = [[100 * value for value in row] for row in values]
         finite = [v for row in values for v in row if not math.isnan(v)]
-        vmin, vmax = (0.0, 1.0) if higher_is_better else (min(finite, default=0.0), max(finite, default=1.0))
+        vmin, vmax = (0.0, 100.0) if higher_is_better else (min(finite, default=0.0), max(finite, default=1.0))
         image = axis.imshow(
             values, cmap="viridis" if higher_is_better else "viridis_r", vmin=vmin, vmax=vmax, aspect="auto"
         )
         for i, row in enumerate(values):
             for j, value in enumerate(row):
                 if not math.isnan(value):
-                    text = f"{100 * value:.0f}" if higher_is_better else f"{value:.2f}"
+                    text = f"{value:.0f}" if higher_is_better else f"{value:.2f}"
                     shade = (value - vmin) / (vmax - vmin) if vmax > vmin else 0.5
                     dark = shade < 0.5 if higher_is_better else shade > 0.5
                     axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
