@@ -33,6 +33,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .checkpointing import atomic_path
 from .data import SYSTEM_PROMPT, build_prompt_messages
 from .grading import GRADING_MODES, accuracy_report, extract_boxed_answer, grade_completion, report_to_markdown
 
@@ -153,20 +154,21 @@ def _read_predictions(csv_path: str) -> list[dict[str, str]]:
 
 
 def _write_predictions(csv_path: str, rows: list[dict]) -> None:
-    temporary_path = csv_path + ".tmp"
-    with open(temporary_path, "w", newline="", encoding="utf-8") as file:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=PREDICTION_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary_path, csv_path)
 
 
 def _write_summary(output_dir: str, rows: list[dict], extra: dict | None = None) -> dict:
     report = accuracy_report(rows)
     summary = {**(extra or {}), **report}
-    with open(os.path.join(output_dir, SUMMARY_JSON_FILENAME), "w", encoding="utf-8") as file:
+    with atomic_path(os.path.join(output_dir, SUMMARY_JSON_FILENAME)) as tmp, open(tmp, "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
-    with open(os.path.join(output_dir, SUMMARY_MARKDOWN_FILENAME), "w", encoding="utf-8") as file:
+    with (
+        atomic_path(os.path.join(output_dir, SUMMARY_MARKDOWN_FILENAME)) as tmp,
+        open(tmp, "w", encoding="utf-8") as file,
+    ):
         file.write(report_to_markdown(report))
     return summary
 
