@@ -215,13 +215,13 @@ class CurriculumSFTTrainer(SFTTrainer):
             )
         rows_per_batch = args.per_device_train_batch_size * args.world_size
         for stage in self.stages:
-            rows = len(stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, args.seed))
             if not any(level in stage.levels for level in self.row_levels):
                 raise ValueError(
                     f"Stage {stage.index} (levels {list(stage.levels)}) has no training rows left after dataset "
                     "preparation (rows whose completion is empty after truncation are dropped). Raise `max_length`, "
                     "or change `curriculum_stages` so that every stage has rows."
                 )
+            rows = len(stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, args.seed))
             if args.dataloader_drop_last and rows < rows_per_batch:
                 raise ValueError(
                     f"Stage {stage.index} (levels {list(stage.levels)}) has {rows} rows, fewer than one batch "
@@ -271,7 +271,6 @@ class CurriculumSFTTrainer(SFTTrainer):
             )
         self.state = TrainerState()
         resume_from_checkpoint = checkpoint
-        outputs = []
         with _long_lived_objects_frozen():
             for stage in self.stages[self.curriculum_state.stage :]:
                 self.curriculum_state.stage = stage.index
@@ -282,7 +281,6 @@ class CurriculumSFTTrainer(SFTTrainer):
                     ignore_keys_for_eval=ignore_keys_for_eval,
                 )
                 self._call_stage_event("on_stage_end", stage, metrics=output.metrics)
-                outputs.append(output)
                 resume_from_checkpoint = None
         self.curriculum_state.stage = len(self.stages)
 
