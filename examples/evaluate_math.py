@@ -20,7 +20,7 @@ CSV that resumes when re-run, and accuracy per level and subject in strict and s
 ```bash
 python examples/evaluate_math.py \
     --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \
-    --adapter_path outputs/plrs-llama-1b/final_adapter \
+    --adapter_path outputs/plrs-llama-1b \
     --dataset_name EleutherAI/hendrycks_math \
     --split test \
     --batch_size 32 \
