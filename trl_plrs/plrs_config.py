@@ -198,7 +198,10 @@ class PLRSConfig(SFTConfig):
         for name in ("stage_eval_max_problems_per_level", "stage_eval_max_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, but the value passed is {value!r}.")
+                raise ValueError(
+                    f"`{name}` must be a positive integer, but the value passed is {value!r}. Use e.g. "
+                    f"{self.__dataclass_fields__[name].default} (the default)."
+                )
         patience = self.early_stopping_patience
         if patience is not None:
             if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
