@@ -1,0 +1,60 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Smoke tests of the benchmark scripts: they run and write their tables. No timing is asserted."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS_DIR)
+
+
+def test_run_all_help():
+    completed = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS_DIR, "run_all.py"), "--help"], capture_output=True, text=True
+    )
+    assert completed.returncode == 0
+    assert "--quick" in completed.stdout
+
+
+def test_data_prep_skips_without_math(benchmarks_on_path, tmp_path, capsys):
+    import bench_data_prep
+
+    assert (
+        bench_data_prep.main(["--math_train_path", str(tmp_path / "absent.jsonl"), "--output_dir", str(tmp_path)])
+        is None
+    )
+    assert "Skipping" in capsys.readouterr().out
+    assert not os.listdir(tmp_path)
+
+
+def test_overhead_smoke_writes_markdown_and_json(benchmarks_on_path, tmp_path):
+    import bench_overhead
+
+    args = ["--repeats", "1", "--steps_per_stage", "2", "--hidden_size", "32", "--output_dir", str(tmp_path)]
+    results = bench_overhead.main(args)
+    assert results["records"][0]["curriculum"]["steps_count"] == results["records"][0]["sft"]["steps_count"] == 10
+    with open(tmp_path / "overhead.json") as json_file:
+        written = json.load(json_file)
+    assert written["machine"]["OMP_NUM_THREADS"] == "1"
+    assert "Wall ratio" in (tmp_path / "overhead.md").read_text()
