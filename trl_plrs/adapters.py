@@ -33,7 +33,8 @@ from dataclasses import replace
 import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .curriculum import Stage
@@ -168,20 +169,28 @@ def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> L
         [`~peft.LoraConfig`]: The configuration written with the adapter.
     """
     configs = [LoraConfig.from_pretrained(adapter_dir) for adapter_dir in adapter_dirs]
-    state_dicts = [load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS_NAME)) for adapter_dir in adapter_dirs]
     total_rank = sum(config.r for config in configs)
 
     combined = {}
-    for key in state_dicts[0]:
-        if ".lora_B." in key:
-            continue
-        if ".lora_A." not in key:
-            raise ValueError(f"Cannot concatenate adapters with weights other than LoRA A/B matrices, found {key!r}.")
-        key_b = key.replace(".lora_A.", ".lora_B.")
-        combined[key] = torch.cat(
-            [state[key] * _scaling(config) for state, config in zip(state_dicts, configs, strict=True)], dim=0
-        ).contiguous()
-        combined[key_b] = torch.cat([state[key_b] for state in state_dicts], dim=1).contiguous()
+    # Tensors are read one at a time from the (memory-mapped) files, so that the stage adapters are not all held in
+    # memory beside the combined one: this is the curriculum's peak of resident memory (benchmarks/results/memory.md).
+    with contextlib.ExitStack() as stack:
+        files = [
+            stack.enter_context(safe_open(os.path.join(adapter_dir, ADAPTER_WEIGHTS_NAME), framework="pt"))
+            for adapter_dir in adapter_dirs
+        ]
+        for key in files[0].keys():
+            if ".lora_B." in key:
+                continue
+            if ".lora_A." not in key:
+                raise ValueError(
+                    f"Cannot concatenate adapters with weights other than LoRA A/B matrices, found {key!r}."
+                )
+            key_b = key.replace(".lora_A.", ".lora_B.")
+            combined[key] = torch.cat(
+                [file.get_tensor(key) * _scaling(config) for file, config in zip(files, configs, strict=True)], dim=0
+            ).contiguous()
+            combined[key_b] = torch.cat([file.get_tensor(key_b) for file in files], dim=1).contiguous()
 
     config = replace(
         configs[0], r=total_rank, lora_alpha=total_rank, use_rslora=False, rank_pattern={}, alpha_pattern={}
