@@ -190,7 +190,7 @@ class CurriculumSFTTrainer(SFTTrainer):
                 f"{self.curriculum_dataset.column_names}). Keep that column in the dataset you pass; with "
                 "`skip_prepare_dataset=True`, keep it beside `input_ids`."
             )
-        # `[:]` reads the column in one batch; iterating a `datasets` column formats it row by row (~1 s on MATH).
+        # `[:]` reads the column in one batch; iterating a `datasets` column formats it row by row (10x slower).
         self.row_levels = [parse_level(value) for value in self.curriculum_dataset[args.curriculum_column][:]]
         self._check_every_stage_trains()
         # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
