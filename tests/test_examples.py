@@ -1,0 +1,169 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Every shipped YAML recipe parses with the training script's parser; every accelerate config loads; the offline
+demo path of `examples/train_plrs.py` and the table of `examples/run_baselines.py` run end to end on a tiny budget."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+from trl_plrs.curriculum import PRESETS
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(REPO_ROOT, "examples", "configs", "*.yaml")))
+ACCELERATE_CONFIGS = sorted(
+    glob.glob(os.path.join(REPO_ROOT, "accelerate_configs", "*.yaml"))
+    + glob.glob(os.path.join(REPO_ROOT, "tests", "distributed", "*.yaml"))
+)
+PAPER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Recipes ask for bf16 on GPUs; the test machine has none, so the command line overrides it (as a user would).
+CPU_OVERRIDES = ["--bf16", "false", "--use_cpu", "true"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_plrs():
+    return load_script("train_plrs")
+
+
+def parse(script, argv):
+    return script.make_parser(argv).parse_args_and_config(args=argv)
+
+
+def test_recipes_cover_the_six_baselines_and_qwen():
+    names = [os.path.basename(path) for path in RECIPES]
+    presets = [yaml.safe_load(open(path))["plrs_preset"] for path in RECIPES]
+    assert set(PRESETS) <= set(presets)
+    assert any(name.startswith("qwen2.5") for name in names)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
+def test_recipe_parses_with_the_paper_settings(train_plrs, recipe):
+    with open(recipe) as file:
+        header = file.readline()
+        assert header.startswith("# "), "a recipe starts with a comment header"
+        assert "accelerate launch" in file.read(), "the header gives the launch command"
+
+    script_args, training_args, model_args = parse(train_plrs, ["--config", recipe, *CPU_OVERRIDES])
+    assert model_args.model_name_or_path in ("meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert training_args.plrs_preset in PRESETS
+    assert training_args.num_train_epochs == 5
+    assert training_args.learning_rate == 5e-5
+    assert training_args.warmup_steps == 0.1
+    assert training_args.lora_alpha_ratio == 2.0
+    assert training_args.seed == 7
+    assert training_args.max_length == 512
+    assert training_args.early_stopping_patience == 2
+    assert training_args.eval_strategy == "epoch"
+    assert model_args.use_peft and model_args.lora_dropout == 0.2
+    assert model_args.lora_target_modules == PAPER_TARGETS
+    assert script_args.eval_after_training and script_args.eval_max_new_tokens == 512
+    # The recipe names a model, so none of the offline demo's defaults leak in.
+    assert not training_args.output_dir.startswith("outputs/plrs-demo")
+    assert training_args.learning_rate != train_plrs.DEMO_TRAINING_DEFAULTS["learning_rate"]
+
+
+def test_command_line_overrides_recipe(train_plrs):
+    recipe = os.path.join(REPO_ROOT, "examples", "configs", "b5_replay_shrink.yaml")
+    _, training_args, _ = parse(train_plrs, ["--config", recipe, *CPU_OVERRIDES, "--adapter_transition", "stack"])
+    assert training_args.adapter_transition == "stack"
+
+
+def test_no_arguments_selects_the_offline_demo(train_plrs):
+    script_args, training_args, model_args = parse(train_plrs, [])
+    assert model_args.model_name_or_path is None
+    assert training_args.plrs_preset == "replay_shrink"
+    assert training_args.output_dir == "outputs/plrs-demo"
+    assert training_args.bf16 is False  # no bf16 GPU here
+    assert model_args.use_peft and model_args.lora_target_modules == PAPER_TARGETS
+    assert script_args.eval_before_training and script_args.eval_after_training
+
+
+@pytest.mark.parametrize("config_file", ACCELERATE_CONFIGS, ids=os.path.basename)
+def test_accelerate_config_loads(config_file):
+    config = load_config_from_file(config_file)
+    assert config.compute_environment.value == "LOCAL_MACHINE"
+    assert config.num_processes >= 1
+    if config.distributed_type.value == "DEEPSPEED":
+        deepspeed_config = config.deepspeed_config
+        if "deepspeed_config_file" in deepspeed_config:
+            with open(os.path.join(REPO_ROOT, deepspeed_config["deepspeed_config_file"])) as file:
+                stage = json.load(file)["zero_optimization"]["stage"]
+        else:
+            stage = deepspeed_config["zero_stage"]
+        assert f"zero{stage}" in os.path.basename(config_file)
+
+
+def test_zero3_test_config_really_shards_a_tiny_model():
+    with open(os.path.join(REPO_ROOT, "tests", "distributed", "deepspeed_zero3_cpu.json")) as file:
+        zero = json.load(file)["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] == 0
+    assert zero["stage3_model_persistence_threshold"] == 0
+
+
+def tiny_demo_argv(output_dir, *extra):
+    return [
+        "--output_dir", str(output_dir),
+        "--synthetic_rows_per_level", "6",
+        "--synthetic_test_rows_per_level", "2",
+        "--tiny_hidden_size", "32",
+        "--tiny_num_hidden_layers", "1",
+        "--max_steps", "1",
+        "--per_device_train_batch_size", "4",
+        "--eval_max_new_tokens", "4",
+        "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_offline_demo_runs_end_to_end(train_plrs, tmp_path, capsys):
+    results = train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "demo")))
+
+    assert [summary["lora_rank"] for summary in results["stage_summaries"]] == [256, 128, 64, 32, 16]
+    assert [summary["rows"] for summary in results["stage_summaries"]] == [6, 12, 18, 24, 30]  # full replay
+    assert results["before"]["overall"]["count"] == results["after"]["overall"]["count"] == 10
+    for name in ("adapter_model.safetensors", "run_summary.json", "eval/predictions.csv", "eval/summary.md"):
+        assert os.path.exists(tmp_path / "demo" / name), name
+    printed = capsys.readouterr().out
+    assert "| stage | levels | rows | rank | trainable params | steps | loss | time (s) |" in printed
+    assert "| Level 1 | 2 |" in printed and "EM % before training" in printed
+
+
+@pytest.mark.slow
+def test_run_baselines_writes_one_table(tmp_path):
+    run_baselines = load_script("run_baselines")
+    train_args = tiny_demo_argv(tmp_path / "unused")[2:]
+    rows = run_baselines.main(
+        run_baselines.parse_args(
+            ["--output_dir", str(tmp_path / "baselines"), "--presets", "direct", "replay_shrink", "--", *train_args]
+        )
+    )
+    assert [row["baseline"] for row in rows] == ["base", "B1", "B5"]  # base: the untrained model, measured once
+    markdown = (tmp_path / "baselines" / "baselines.md").read_text()
+    csv_text = (tmp_path / "baselines" / "baselines.csv").read_text()
+    assert "| B1 | direct |" in markdown and "| B5 | replay_shrink |" in markdown
+    assert csv_text.splitlines()[0].startswith("baseline,preset,")
+    assert "EM L1" in markdown
