@@ -71,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--math_train_path", default=None, help="MATH train .jsonl for the data-preparation one.")
     parser.add_argument("--with_evaluation", action="store_true", help="Also run bench_evaluation.py (slow).")
     parser.add_argument("--output_dir", default=os.path.join(BENCHMARKS_DIR, "results"))
+    parser.add_argument("--summary_only", action="store_true", help="Rewrite summary.md from the existing results.")
     args = parser.parse_args(argv)
 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -82,10 +83,11 @@ def main(argv=None):
             command.append("--quick")
         if name == "data_prep" and args.math_train_path:
             command += ["--math_train_path", args.math_train_path]
-        start = time.perf_counter()
-        print(f"== {name}: {' '.join(command[1:])}", flush=True)
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-        print(f"== {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+        if not args.summary_only:
+            start = time.perf_counter()
+            print(f"== {name}: {' '.join(command[1:])}", flush=True)
+            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+            print(f"== {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
         json_path = os.path.join(args.output_dir, f"{name}.json")
         if name == "data_prep" and not os.path.exists(json_path):
             lines.append(f"| {name} | skipped (no MATH train file) | {GOALS[name]} | - |")
@@ -93,7 +95,7 @@ def main(argv=None):
         with open(json_path) as json_file:
             results = json.load(json_file)
         lines.append(f"| {name} | {headline(name, results)} | {GOALS[name]} | [{name}.md]({name}.md) |")
-    if args.with_evaluation:
+    if args.with_evaluation and not args.summary_only:
         command = [
             sys.executable,
             os.path.join(BENCHMARKS_DIR, "bench_evaluation.py"),
@@ -102,7 +104,11 @@ def main(argv=None):
         ]
         subprocess.run(command + (["--repeats", "1"] if args.quick else []), check=True, env=env)
         lines.append("| evaluation | see table | see table | [evaluation.md](evaluation.md) |")
-    lines += ["", f"Mode: {'--quick' if args.quick else 'full'}; `OMP_NUM_THREADS={env['OMP_NUM_THREADS']}`."]
+    lines += [
+        "",
+        "Medians over repeats (min-max); ratios computed within one repeat. Taken on a shared 2-core machine with "
+        f"`OMP_NUM_THREADS={env['OMP_NUM_THREADS']}`; each table gives its settings and the machine's description.",
+    ]
     summary = "\n".join(lines) + "\n"
     if set(args.only) == set(BENCHMARKS):
         with open(os.path.join(args.output_dir, "summary.md"), "w") as summary_file:
