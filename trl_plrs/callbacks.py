@@ -73,7 +73,6 @@ class PLRSCallback(TrainerCallback):
         trainer = self.trainer
         if stage.index > trainer.curriculum_state.adapter_stage:
             self.swap_adapter(stage)
-            trainer.curriculum_state.stage_rows = None
         trainer.train_dataset = trainer.build_stage_dataset(stage)
         # A new optimizer and scheduler over the new adapter only: the Trainer builds them when these are `None`.
         trainer.optimizer, trainer.lr_scheduler = None, None

@@ -59,8 +59,6 @@ class CurriculumState:
         adapter_stage (`int`): Stage whose adapter is the trainable `"default"` adapter.
         frozen_adapters (`list[str]`): Frozen, active adapters of finished stages (stack mode).
         trainable_params (`int`): Trainable parameters of the current stage.
-        stage_rows (`list[int]` or `None`): Rows of the tokenized dataset that the current stage trains on, replay
-            sample included, so that a resume trains on the very same rows.
     """
 
     stage: int = 0
@@ -68,7 +66,6 @@ class CurriculumState:
     adapter_stage: int = 0
     frozen_adapters: list[str] = field(default_factory=list)
     trainable_params: int = 0
-    stage_rows: list[int] | None = None
 
 
 class CurriculumSFTTrainer(SFTTrainer):
@@ -237,11 +234,11 @@ class CurriculumSFTTrainer(SFTTrainer):
 
         Override this to change how a stage's data is mixed; it must return rows of `self.curriculum_dataset`.
         """
-        if self.curriculum_state.stage_rows is None:
-            self.curriculum_state.stage_rows = stage_row_indices(
-                self.row_levels, self.stages, stage.index, self.replay, self.args.seed
-            )
-        return self.curriculum_dataset.select(self.curriculum_state.stage_rows)
+        return self.curriculum_dataset.select(self.stage_rows(stage))
+
+    def stage_rows(self, stage: Stage) -> list[int]:
+        """Indices, in `self.curriculum_dataset`, of the rows of `stage`: its levels plus the replay sample."""
+        return stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, self.args.seed)
 
     def train(
         self,
@@ -388,6 +385,12 @@ class CurriculumSFTTrainer(SFTTrainer):
                 "another `output_dir`."
             )
         state = CurriculumState(**saved["curriculum_state"])
+        if saved["stage_rows"] != self.stage_rows(self.stages[state.stage]):
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: the rows of stage {state.stage} (its levels plus the replay sample) "
+                "differ from the checkpoint's, so the training data or `stage_rows` changed. Resume with the training "
+                "data and code of the run that wrote the checkpoint."
+            )
         self.plrs_callback.restore_finished_stages(state.stage)
         self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage)
         self.stage_summaries = saved["stage_summaries"]
@@ -403,6 +406,8 @@ class CurriculumSFTTrainer(SFTTrainer):
                 {
                     "fingerprint": self.curriculum_fingerprint(),
                     "curriculum_state": dataclasses.asdict(self.curriculum_state),
+                    # The stage's rows, replay sample included: a resume checks it trains on the very same rows.
+                    "stage_rows": self.stage_rows(self.stages[self.curriculum_state.stage]),
                     "stage_summaries": self.stage_summaries,
                 },
             )
