@@ -59,7 +59,7 @@ RECIPES = {
     "replay_shrink_no_final": "b6_replay_shrink_no_final.yaml",
 }
 # The offline comparison: the demo's model and settings, with smaller data so that six runs fit in ~10 minutes.
-OFFLINE_ARGS = ["--synthetic_rows_per_level", "150", "--disable_tqdm", "true"]
+OFFLINE_ARGS = ["--synthetic_rows_per_level", "100", "--disable_tqdm", "true"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

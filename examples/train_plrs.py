@@ -71,6 +71,7 @@ On a machine without a bf16-capable GPU, `bf16` defaults to `False` and `use_cpu
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -109,10 +110,10 @@ PAPER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 DEMO_TRAINING_DEFAULTS = dict(
     output_dir="outputs/plrs-demo",
     plrs_preset="replay_shrink",
-    learning_rate=2e-3,
+    learning_rate=1e-3,
     warmup_steps=0.1,
     num_train_epochs=2,
-    per_device_train_batch_size=16,
+    per_device_train_batch_size=4,  # many small steps: a random base needs updates more than big batches
     max_length=256,
     logging_steps=25,
     save_strategy="no",
@@ -120,7 +121,11 @@ DEMO_TRAINING_DEFAULTS = dict(
     seed=7,
 )
 DEMO_MODEL_DEFAULTS = dict(use_peft=True, lora_dropout=0.0, lora_target_modules=PAPER_TARGET_MODULES)
-DEMO_SCRIPT_DEFAULTS = dict(eval_before_training=True, eval_after_training=True, eval_max_new_tokens=64)
+# A short system prompt keeps the sequences (and the CPU time) short; the MATH recipes use `SYSTEM_PROMPT`.
+DEMO_SYSTEM_PROMPT = "Solve the problem and put the final answer in \\boxed{}."
+DEMO_SCRIPT_DEFAULTS = dict(
+    eval_before_training=True, eval_after_training=True, eval_max_new_tokens=64, system_prompt=DEMO_SYSTEM_PROMPT
+)
 
 
 @dataclass
@@ -155,13 +160,13 @@ class ScriptArguments:
             Generation budget per problem (the paper's value).
         system_prompt (`str`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
             System message of every prompt, in training and evaluation.
-        synthetic_rows_per_level (`int`, *optional*, defaults to `400`):
+        synthetic_rows_per_level (`int`, *optional*, defaults to `200`):
             Offline demo: synthetic training rows per level.
         synthetic_test_rows_per_level (`int`, *optional*, defaults to `40`):
             Offline demo: synthetic test rows per level (drawn with another seed).
         tiny_hidden_size (`int`, *optional*, defaults to `128`):
             Offline demo: width of the tiny model.
-        tiny_num_hidden_layers (`int`, *optional*, defaults to `4`):
+        tiny_num_hidden_layers (`int`, *optional*, defaults to `2`):
             Offline demo: depth of the tiny model.
     """
 
@@ -181,10 +186,10 @@ class ScriptArguments:
     eval_batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
     eval_max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per problem."})
     system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"help": "System message of every prompt."})
-    synthetic_rows_per_level: int = field(default=400, metadata={"help": "Offline demo: training rows per level."})
+    synthetic_rows_per_level: int = field(default=200, metadata={"help": "Offline demo: training rows per level."})
     synthetic_test_rows_per_level: int = field(default=40, metadata={"help": "Offline demo: test rows per level."})
     tiny_hidden_size: int = field(default=128, metadata={"help": "Offline demo: width of the tiny model."})
-    tiny_num_hidden_layers: int = field(default=4, metadata={"help": "Offline demo: depth of the tiny model."})
+    tiny_num_hidden_layers: int = field(default=2, metadata={"help": "Offline demo: depth of the tiny model."})
 
 
 def load_data(script_args: ScriptArguments, training_args: PLRSConfig, offline: bool):
@@ -225,6 +230,11 @@ def evaluate(model, tokenizer, test, script_args, output_dir: str) -> dict:
     from trl_plrs.evaluation import evaluate_math, rescore_predictions
 
     state = PartialState()
+    # `evaluate_math` resumes from the predictions CSV it finds; those of an earlier run in the same `output_dir` belong
+    # to another model, so they are removed first.
+    if state.is_main_process and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    state.wait_for_everyone()
     if state.num_processes == 1:
         return evaluate_math(
             model,
