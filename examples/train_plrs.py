@@ -77,8 +77,8 @@ import time
 from dataclasses import dataclass, field
 
 
-# Tiny models are dominated by per-op overhead: on 2 cores one OpenMP thread per process is fastest (measured for the
-# demo model: see the README). Only a default; an explicit `OMP_NUM_THREADS` wins.
+# Tiny models are dominated by per-op overhead: on 2 cores, 2 threads per process were no faster for the demo model and
+# make 2-process runs much slower, so 1 thread is the default. An explicit `OMP_NUM_THREADS` wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
