@@ -119,6 +119,11 @@ DEMO_TRAINING_DEFAULTS = dict(
     save_strategy="no",
     report_to="none",
     seed=7,
+    # Exact match per level on the validation rows (from TRAIN) after every stage: the forgetting matrix and heatmap.
+    stage_eval_per_level=True,
+    stage_eval_generate=True,
+    stage_eval_before_training=True,
+    stage_eval_max_new_tokens=64,
 )
 DEMO_MODEL_DEFAULTS = dict(use_peft=True, lora_dropout=0.0, lora_target_modules=PAPER_TARGET_MODULES)
 # A short system prompt keeps the sequences (and the CPU time) short; the MATH recipes use `SYSTEM_PROMPT`.
@@ -178,7 +183,10 @@ class ScriptArguments:
     dataset_train_split: str = field(default="train", metadata={"help": "Split trained on."})
     dataset_test_split: str = field(default="test", metadata={"help": "Split evaluated after training."})
     validation_size: float = field(
-        default=0.05, metadata={"help": "Share of TRAIN rows held out for validation when eval_strategy != 'no'."}
+        default=0.05,
+        metadata={
+            "help": "Share of TRAIN rows held out for validation when eval_strategy != 'no' or stage_eval_per_level is set."
+        },
     )
     eval_before_training: bool = field(default=False, metadata={"help": "Evaluate the test split before training."})
     eval_after_training: bool = field(default=False, metadata={"help": "Evaluate the test split after training."})
@@ -215,7 +223,7 @@ def load_data(script_args: ScriptArguments, training_args: PLRSConfig, offline: 
         test = test.select(range(min(script_args.eval_limit, len(test))))
 
     validation = None
-    if training_args.eval_strategy != "no":
+    if training_args.eval_strategy != "no" or training_args.stage_eval_per_level:
         splits = split_train_validation(train, script_args.validation_size, seed=training_args.seed)
         train, validation = splits["train"], splits["validation"]
     format_kwargs = dict(fn_kwargs={"system_prompt": script_args.system_prompt})
@@ -383,6 +391,11 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
     train_time = time.perf_counter() - start
     state.print(f"Training completed in {train_time:.0f} s. Combined adapter saved to {training_args.output_dir}.")
     state.print("\nPer-stage summary\n" + format_stage_table(trainer.stage_summaries))
+    if trainer.stage_evaluation is not None:
+        state.print(
+            f"Evaluation per level after every stage (validation rows from TRAIN): "
+            f"{os.path.join(training_args.output_dir, 'forgetting_matrix.csv')} and forgetting_heatmap.png."
+        )
 
     after = None
     if script_args.eval_after_training:

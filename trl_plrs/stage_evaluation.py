@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers import TrainerCallback
-from transformers.trainer_callback import EarlyStoppingCallback
+from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 
 from .checkpointing import atomic_path, read_json, write_json_atomic
 from .curriculum import Stage, parse_level
@@ -469,6 +469,12 @@ class StageEvaluationCallback(TrainerCallback):
             prediction_loss_only=True,
             metric_key_prefix="eval",
         )
+        # `evaluation_loop` opens the progress bar's prediction bar, which only `on_evaluate` closes; that event is not
+        # sent per level (it would count as a full evaluation for early stopping), so the bar is closed here.
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and callback.prediction_bar is not None:
+                callback.prediction_bar.close()
+                callback.prediction_bar = None
         metrics = {"loss": output.metrics["eval_loss"]}
         # SFTTrainer accumulates token accuracy and entropy per batch in `_metrics["eval"]` and adds them to the next
         # `log()`; read them here so that they are reported per level rather than mixed over levels.
