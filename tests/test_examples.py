@@ -143,10 +143,22 @@ def test_offline_demo_runs_end_to_end(train_plrs, tmp_path, capsys):
     results = train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "demo")))
 
     assert [summary["lora_rank"] for summary in results["stage_summaries"]] == [256, 128, 64, 32, 16]
-    assert [summary["rows"] for summary in results["stage_summaries"]] == [6, 12, 18, 24, 30]  # full replay
+    rows = [summary["rows"] for summary in results["stage_summaries"]]
+    # Full replay: every stage adds its level's rows to the earlier ones; 6 rows per level, minus the validation rows
+    # held out (from TRAIN) for the evaluation per level.
+    assert rows[0] <= 6 and all(later > earlier for earlier, later in zip(rows, rows[1:])) and 25 <= rows[-1] < 30
     assert results["before"]["overall"]["count"] == results["after"]["overall"]["count"] == 10
-    for name in ("adapter_model.safetensors", "run_summary.json", "eval/predictions.csv", "eval/summary.md"):
+    for name in (
+        "adapter_model.safetensors",
+        "run_summary.json",
+        "eval/predictions.csv",
+        "eval/summary.md",
+        "forgetting_matrix.csv",
+        "forgetting_heatmap.png",
+    ):
         assert os.path.exists(tmp_path / "demo" / name), name
+    matrix = (tmp_path / "demo" / "forgetting_matrix.csv").read_text().splitlines()
+    assert sum(line.startswith("exact_match,") for line in matrix) == 6  # before training + after each of 5 stages
     printed = capsys.readouterr().out
     assert "| stage | levels | rows | rank | trainable params | steps | loss | time (s) |" in printed
     assert "| Level 1 | 2 |" in printed and "EM % before training" in printed
