@@ -41,6 +41,14 @@ def parse_level(value) -> int | None:
     return None
 
 
+def dataset_levels(dataset, column: str) -> list[int | None]:
+    """
+    [`parse_level`] of every row of `dataset[column]`. The column is read in one batch: iterating a `datasets`
+    column formats it row by row, about ten times slower on MATH.
+    """
+    return [parse_level(value) for value in dataset[column][:]]
+
+
 ADAPTER_TRANSITIONS = ("merge", "stack")
 REPLAY_MODES = ("none", "full")
 

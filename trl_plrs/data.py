@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_dataset
 
-from .curriculum import parse_level
+from .curriculum import dataset_levels
 from .grading import extract_boxed_answer
 
 
@@ -146,7 +146,7 @@ def standardize_math(dataset: Dataset, drop_unknown_levels: bool = True) -> Data
             f"`dataset` must have the columns `problem`, `solution` and `level`, but {missing} are missing "
             f"(columns: {dataset.column_names}). Rename the columns of your copy of MATH to these names."
         )
-    levels = [parse_level(value) for value in dataset["level"]]
+    levels = dataset_levels(dataset, "level")
     unknown = [index for index, level in enumerate(levels) if level is None]
     if unknown:
         if not drop_unknown_levels:

@@ -39,7 +39,7 @@ from .checkpointing import (
     read_json,
     write_json_atomic,
 )
-from .curriculum import Stage, build_stages, parse_level, resolve_replay
+from .curriculum import Stage, build_stages, dataset_levels, resolve_replay
 from .plrs_config import PLRSConfig
 from .replay import stage_row_indices
 from .stage_evaluation import install_stage_evaluation
@@ -187,8 +187,7 @@ class CurriculumSFTTrainer(SFTTrainer):
                 f"{self.curriculum_dataset.column_names}). Keep that column in the dataset you pass; with "
                 "`skip_prepare_dataset=True`, keep it beside `input_ids`."
             )
-        # `[:]` reads the column in one batch; iterating a `datasets` column formats it row by row (10x slower).
-        self.row_levels = [parse_level(value) for value in self.curriculum_dataset[args.curriculum_column][:]]
+        self.row_levels = dataset_levels(self.curriculum_dataset, args.curriculum_column)
         self._check_every_stage_trains()
         # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
         self.autocast_adapter_dtype = not (
@@ -534,7 +533,7 @@ def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list
             f"`curriculum_column` is {column!r}, but the training dataset has no such column (columns: "
             f"{train_dataset.column_names}). Set `curriculum_column` to the column that holds each row's level."
         )
-    levels = [parse_level(value) for value in train_dataset[column][:]]
+    levels = dataset_levels(train_dataset, column)
     unknown = [index for index, level in enumerate(levels) if level is None]
     if unknown:
         examples = sorted({repr(train_dataset[index][column]) for index in unknown[:5]})

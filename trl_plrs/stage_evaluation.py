@@ -47,7 +47,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 
 from .checkpointing import atomic_path, read_json, write_json_atomic
-from .curriculum import Stage, parse_level
+from .curriculum import Stage, dataset_levels, parse_level
 from .data import SYSTEM_PROMPT
 
 
@@ -591,7 +591,7 @@ def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluation
             logger.info(f"The `eval_dataset` has no column {column!r}: evaluating it as a whole, not per level.")
         return None
 
-    eval_levels = [parse_level(value) for value in eval_dataset[column]]
+    eval_levels = dataset_levels(eval_dataset, column)
     levels = sorted({level for level in eval_levels if level is not None})
     if not levels:
         raise ValueError(
