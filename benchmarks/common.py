@@ -221,6 +221,11 @@ class PhaseClock(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.mark("train_begin")
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        # A curriculum sends `on_train_begin` once: a later stage's loop has begun at its first step.
+        if self.marks and self.marks[-1][0] == "on_stage_begin_done":
+            self.mark("train_begin")
+
     def on_step_end(self, args, state, control, **kwargs):
         self.mark("step_end")
 
@@ -260,6 +265,8 @@ PHASE_OF_INTERVAL = {
     ("step_end", "step_end"): "steps",
     ("step_end", "train_end"): "loop_exit",
     ("train_end", "on_stage_end_start"): "loop_exit",
+    ("step_end", "on_stage_end_start"): "loop_exit",  # a curriculum sends `on_train_end` once, at its very end
+    ("save_done", "train_end"): "other",
     ("on_stage_end_start", "on_stage_end_done"): "stage_save",
     ("save_start", "save_done"): "final_save",
     ("train_end", "end"): "save",  # `SFTTrainer`: `save_model()` after `train()`

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.adapters import DEFAULT_ADAPTER, concatenate_lora_adapters, lora_layers, trainable_adapter_names
 from trl_plrs.plrs_trainer import _long_lived_objects_frozen
 from trl_plrs.testing import build_tiny_model, save_tiny_model
@@ -68,7 +68,7 @@ def eval_logits(model, batch):
     return out
 
 
-class Recorder(TrainerCallback):
+class Recorder(CurriculumCallback):
     """Records, at every stage boundary, what the tests check."""
 
     def __init__(self, batch):
@@ -104,7 +104,9 @@ class Recorder(TrainerCallback):
     def on_stage_end(self, args, state, control, stage, model, **kwargs):
         self.end.append({"stage": stage, "global_step": state.global_step, "logits": eval_logits(model, self.batch)})
 
-    def on_train_begin(self, args, state, control, optimizer, model, **kwargs):
+    def on_step_begin(self, args, state, control, optimizer, model, **kwargs):
+        if state.global_step != self.trainer.curriculum_state.stage_start_step:
+            return  # the stage's optimizer exists once its loop runs: checked at its first step
         optimized = {id(param) for group in optimizer.param_groups for param in group["params"]}
         trainable = {id(param) for param in model.parameters() if param.requires_grad}
         self.optimizer_params.append((optimized, trainable))
@@ -229,12 +231,17 @@ def test_optimizer_is_rebuilt_over_the_current_adapter_and_warmup_restarts(train
 
 
 class FinishedStageWatcher(TrainerCallback):
-    """At each stage's start, records whether the previous stage's optimizer and trainable adapter are still alive."""
+    """
+    At each stage's first step, records whether the previous stage's optimizer and trainable adapter are still alive.
+    """
 
     def __init__(self):
         self.previous_stage_refs, self.previous_stage_alive, self.gc_frozen = [], [], []
+        self.trainer = None
 
-    def on_train_begin(self, args, state, control, optimizer, model, **kwargs):
+    def on_step_begin(self, args, state, control, optimizer, model, **kwargs):
+        if state.global_step != self.trainer.curriculum_state.stage_start_step:
+            return
         self.previous_stage_alive.append([ref() is not None for ref in self.previous_stage_refs])
         self.gc_frozen.append(gc.get_freeze_count() > 0)
         layer = next(layer for layer in lora_layers(model) if DEFAULT_ADAPTER in layer.lora_A)
@@ -257,6 +264,7 @@ def test_nothing_trainable_of_a_finished_stage_stays_alive(tmp_path, tokenizer, 
         peft_config=lora_config(),
         callbacks=[watcher],
     )
+    watcher.trainer = trainer
     trainer.train()
     assert watcher.previous_stage_alive == [[], [False] * 4, [False] * 4]
     # The objects that predate training are hidden from the collector during the curriculum only.
@@ -351,7 +359,7 @@ def test_subclass_can_override_the_stage_dataset(tmp_path, tokenizer):
 
     sizes = []
 
-    class StageSizes(TrainerCallback):
+    class StageSizes(CurriculumCallback):
         def on_stage_end(self, args, state, control, stage, metrics, **kwargs):
             sizes.append((stage.index, len(trainer.train_dataset), metrics["train_loss"] > 0))
 

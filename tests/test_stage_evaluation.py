@@ -23,10 +23,10 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers import EarlyStoppingCallback
 
 import trl_plrs.evaluation
-from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.adapters import DEFAULT_ADAPTER
 from trl_plrs.curriculum import Stage
 from trl_plrs.data import make_synthetic_math, math_corpus, split_train_validation, to_prompt_completion
@@ -215,7 +215,7 @@ def math_splits():
     }
 
 
-class SeparateEvaluation(TrainerCallback):
+class SeparateEvaluation(CurriculumCallback):
     """After every stage (after the stage evaluation ran), evaluates each level again, independently."""
 
     def __init__(self, validation, cap):
@@ -325,7 +325,7 @@ def adapter_weights(model):
     }
 
 
-class BestCheckpointRecorder(TrainerCallback):
+class BestCheckpointRecorder(CurriculumCallback):
     def __init__(self):
         self.trainer, self.stages = None, []
 

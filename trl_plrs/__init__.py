@@ -15,7 +15,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from .callbacks import PLRSCallback
+from .callbacks import CurriculumCallback, PLRSCallback
 from .curriculum import PRESETS, Stage, build_stages, parse_level
 from .data import (
     SYSTEM_PROMPT,
@@ -35,6 +35,7 @@ from .replay import stage_row_indices
 __all__ = [
     "PRESETS",
     "SYSTEM_PROMPT",
+    "CurriculumCallback",
     "CurriculumSFTTrainer",
     "CurriculumState",
     "PLRSCallback",

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate.logging import get_logger
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import CallbackHandler, ProgressCallback
+from transformers.utils import logging as transformers_logging
 
 from .adapters import (
     ADAPTER_WEIGHTS_NAME,
@@ -41,23 +43,154 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
+STAGE_EVENTS = ("on_stage_begin", "on_stage_end")
+
 
 def stage_dir(output_dir: str, stage_index: int) -> str:
     """Folder where the adapter trained at stage `stage_index` is saved."""
     return os.path.join(output_dir, f"stage-{stage_index}")
 
 
-class PLRSCallback(TrainerCallback):
+class CurriculumCallback(TrainerCallback):
     """
-    Carries out the curriculum's stage transitions for a [`CurriculumSFTTrainer`], which installs it.
+    A [`~transformers.TrainerCallback`] that also receives the stage events of a [`CurriculumSFTTrainer`].
 
-    Besides the usual [`~transformers.TrainerCallback`] events, the trainer sends two events of its own to every
-    callback that defines them, with the [`Stage`] as keyword argument `stage`:
+    Every callback of a curriculum, this kind or not, sees the K stages as **one** training run: `on_train_begin` once,
+    when the first stage's loop starts; `on_train_end` once, after the last stage, the final save and the final
+    metrics; `state.global_step` only grows; every log carries `stage`, `lora_rank` and `trainable_params`, and
+    `epoch` counts on across stages (`stage_epoch` restarts at every stage). Experiment trackers (TensorBoard, MLflow,
+    W&B, Trackio, ...) therefore keep one run. Subclass this class to also act at the stage boundaries:
 
-    - `on_stage_begin(args, state, control, stage, **kwargs)`: before the stage's training loop starts. This callback
-      runs first: it has already swapped in the stage's fresh adapter and built its dataset when yours runs.
-    - `on_stage_end(args, state, control, stage, metrics, **kwargs)`: after the stage's training loop; this callback
-      has saved the stage's adapter to `output_dir/stage-{k}`, and `metrics` holds the stage's train metrics.
+    ```python
+    >>> class LogRank(CurriculumCallback):
+    ...     def on_stage_begin(self, args, state, control, stage, **kwargs):
+    ...         print(f"stage {stage.index}: rank {stage.lora_rank}")
+    ```
+
+    Both events get the usual keyword arguments of a Trainer event (`model`, `processing_class`, `optimizer`,
+    `lr_scheduler`, `train_dataloader`, `eval_dataloader`), and may return a `TrainerControl` like any event.
+    """
+
+    def on_stage_begin(self, args, state, control, stage: Stage, **kwargs):
+        """
+        Called before stage `stage`'s training loop starts. [`PLRSCallback`] runs first: the stage's fresh adapter
+        is in place, the finished one merged or frozen, and the trainer's `train_dataset` holds the stage's rows.
+        The optimizer, scheduler and engine wrapper of the stage are built afterwards, when its loop starts.
+        """
+
+    def on_stage_end(self, args, state, control, stage: Stage, metrics: dict[str, float] | None = None, **kwargs):
+        """
+        Called after stage `stage`'s training loop ended (after its best model was loaded, with
+        `load_best_model_at_end`). [`PLRSCallback`] runs first: the stage's adapter is saved to `output_dir/stage-{k}`.
+        `metrics` holds the stage's train metrics (`train_loss`, `train_runtime`, ...).
+        """
+
+
+class CurriculumCallbackHandler(CallbackHandler):
+    """
+    The trainer's callback handler: the stages of one curriculum form a single training run for every callback.
+
+    Each stage re-enters the Trainer's training loop, which sends `on_train_begin` and `on_train_end` every time.
+    Between [`begin_curriculum`] and [`end_curriculum`] this handler forwards `on_train_begin` only the first time
+    and holds back `on_train_end` until [`end_curriculum`]: trackers such as MLflow, Trackio or ClearML end their run
+    in `on_train_end`, TensorBoard closes its writer, CodeCarbon stops measuring. Stage events go to the
+    [`CurriculumCallback`] instances, in order.
+    """
+
+    def __init__(self, callbacks, model, processing_class, optimizer, lr_scheduler):
+        # The callbacks come from the Trainer's own handler, already checked for duplicates: not warned about again.
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            super().__init__(callbacks, model, processing_class, optimizer, lr_scheduler)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+        self.in_curriculum = False
+        self.curriculum_began = False
+
+    def begin_curriculum(self) -> None:
+        """From now on, the stages' training loops are one run for the callbacks."""
+        self.in_curriculum, self.curriculum_began = True, False
+
+    def end_curriculum(self, args, state, control):
+        """Send the `on_train_end` held back during the curriculum (if a stage's loop started at all)."""
+        began = self.in_curriculum and self.curriculum_began
+        self.in_curriculum = self.curriculum_began = False
+        return super().on_train_end(args, state, control) if began else control
+
+    def on_train_begin(self, args, state, control):
+        if self.in_curriculum:
+            if self.curriculum_began:
+                # What `CallbackHandler.on_train_begin` does besides calling the callbacks: the stage's loop must not
+                # inherit the previous stage's stop.
+                control.should_training_stop = False
+                return control
+            self.curriculum_began = True
+        return super().on_train_begin(args, state, control)
+
+    def on_train_end(self, args, state, control):
+        if self.in_curriculum:
+            return control
+        return super().on_train_end(args, state, control)
+
+    def on_stage_begin(self, args, state, control, stage: Stage):
+        return self.call_stage_event("on_stage_begin", args, state, control, stage=stage)
+
+    def on_stage_end(self, args, state, control, stage: Stage, metrics: dict[str, float] | None = None):
+        return self.call_stage_event("on_stage_end", args, state, control, stage=stage, metrics=metrics)
+
+    def call_stage_event(self, event: str, args, state, control, **kwargs):
+        for callback in self.callbacks:
+            if not isinstance(callback, CurriculumCallback):
+                continue
+            result = getattr(callback, event)(
+                args,
+                state,
+                control,
+                model=self.model,
+                processing_class=self.processing_class,
+                optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler,
+                train_dataloader=self.train_dataloader,
+                eval_dataloader=self.eval_dataloader,
+                **kwargs,
+            )
+            if result is not None:
+                control = result
+        return control
+
+    def check_stage_callbacks(self, plrs_callback: "PLRSCallback") -> None:
+        """
+        Fail before training when the stage mechanics were removed, or when a callback defines stage events without
+        being a [`CurriculumCallback`] (it would silently never receive them).
+        """
+        stage_callbacks = [callback for callback in self.callbacks if isinstance(callback, CurriculumCallback)]
+        if plrs_callback not in stage_callbacks:
+            raise ValueError(
+                "The trainer's `PLRSCallback` was removed from its callbacks (e.g. with `trainer.pop_callback`). It "
+                "carries out the stage transitions (new adapter, stage rows, new optimizer); without it every stage "
+                "would train stage 0's adapter on stage 0's rows. Keep it: remove other callbacks by instance."
+            )
+        if stage_callbacks[0] is not plrs_callback:
+            raise ValueError(
+                f"`PLRSCallback` must be the first stage callback, but `{type(stage_callbacks[0]).__name__}` comes "
+                "before it: the other callbacks' stage events must see the transition done. Add callbacks with "
+                "`trainer.add_callback`, which appends them."
+            )
+        for callback in self.callbacks:
+            defined = [event for event in STAGE_EVENTS if hasattr(callback, event)]
+            if defined and not isinstance(callback, CurriculumCallback):
+                raise ValueError(
+                    f"The callback `{type(callback).__name__}` defines {defined} but is a plain `TrainerCallback`, so "
+                    "it would never receive them. Subclass `trl_plrs.CurriculumCallback` instead of `TrainerCallback`."
+                )
+
+
+class PLRSCallback(CurriculumCallback):
+    """
+    Carries out the curriculum's stage transitions for a [`CurriculumSFTTrainer`], which installs it as its first
+    [`CurriculumCallback`]. Removing it makes `train()` fail with a clear error instead of silently training stage 0
+    over and over.
 
     At the beginning of stage k > 0 the finished adapter is merged into the base weights (`adapter_transition="merge"`)
     or kept frozen and active as `stage_{k-1}` (`"stack"`), then a fresh adapter of rank `lora_ranks[k]` is added as
@@ -146,8 +279,9 @@ class PLRSCallback(TrainerCallback):
         self._add_fresh_adapter(trainer.stages[stage_index])
 
     def activate_adapters(self):
-        """Activate the trainable adapter and the frozen ones of finished stages (stack mode)."""
-        activate_stage_adapters(self.trainer.model, self.trainer.curriculum_state.frozen_adapters)
+        """Activate the trainable adapter and the frozen ones of finished stages (stack mode; a no-op in merge mode)."""
+        if self.trainer.curriculum_state.frozen_adapters:
+            activate_stage_adapters(self.trainer.model, self.trainer.curriculum_state.frozen_adapters)
 
     def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
         self.trainer.save_stage_adapter(stage_dir(args.output_dir, stage.index))
@@ -161,29 +295,49 @@ class PLRSCallback(TrainerCallback):
                 "lora_alpha": stage.lora_alpha,
                 "trainable_params": self.trainer.curriculum_state.trainable_params,
                 "steps": state.global_step - self.trainer.curriculum_state.stage_start_step,
+                "samples": round(len(self.trainer.train_dataset) * (state.epoch or 0.0)),
                 "train_loss": metrics.get("train_loss"),
                 "train_runtime": time.perf_counter() - self._stage_start_time,
             }
         )
 
 
-class CurriculumProgressCallback(ProgressCallback):
-    """A [`~transformers.trainer_callback.ProgressCallback`] whose bar counts the current stage's steps."""
+class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
+    """
+    A [`~transformers.trainer_callback.ProgressCallback`] with one bar per stage, counting that stage's steps.
+
+    The curriculum sends `on_train_begin` once, so each stage's bar opens at the stage's first step (when the stage's
+    step count is known) and closes at the stage's end.
+    """
 
     def __init__(self, trainer: "CurriculumSFTTrainer", max_str_len: int = 100):
         super().__init__(max_str_len=max_str_len)
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is None:
+        self.current_step = state.global_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is not None:
             return
         start = self.trainer.curriculum_state.stage_start_step
         stage = self.trainer.stages[self.trainer.curriculum_state.stage]
-        self.training_bar.reset(total=state.max_steps - start)
-        self.training_bar.update(state.global_step - start)
-        self.training_bar.set_description(
-            f"Stage {stage.index + 1}/{len(self.trainer.stages)} (levels {','.join(map(str, stage.levels))}, "
-            f"r={stage.lora_rank})"
+        self.training_bar = tqdm(
+            total=state.max_steps - start,
+            initial=state.global_step - start,
+            dynamic_ncols=True,
+            desc=f"Stage {stage.index + 1}/{len(self.trainer.stages)} (levels "
+            f"{','.join(map(str, stage.levels))}, r={stage.lora_rank})",
         )
         self.current_step = state.global_step
+
+    def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
+        self._close_training_bar()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._close_training_bar()
+
+    def _close_training_bar(self) -> None:
+        if self.training_bar is not None:
+            self.training_bar.close()
+            self.training_bar = None

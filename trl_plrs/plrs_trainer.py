@@ -27,11 +27,11 @@ from datasets import Dataset
 from peft import LoraConfig, PeftConfig
 from transformers import PreTrainedModel, TrainerState
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl import SFTTrainer
 
-from .adapters import DEFAULT_ADAPTER, concatenate_lora_adapters
-from .callbacks import CurriculumProgressCallback, PLRSCallback, stage_dir
+from .adapters import DEFAULT_ADAPTER, adapter_state_dict, concatenate_lora_adapters
+from .callbacks import CurriculumCallbackHandler, CurriculumProgressCallback, PLRSCallback, stage_dir
 from .checkpointing import (
     CURRICULUM_STATE_NAME,
     atomic_path,
@@ -43,6 +43,7 @@ from .curriculum import Stage, build_stages, dataset_levels, resolve_replay
 from .plrs_config import PLRSConfig
 from .replay import stage_row_indices
 from .stage_evaluation import install_stage_evaluation
+from .trainer_internals import TrainerInternalsMixin, check_trainer_internals, model_name_or_path
 
 
 logger = get_logger(__name__)
@@ -59,6 +60,7 @@ class CurriculumState:
         adapter_stage (`int`): Stage whose adapter is the trainable `"default"` adapter.
         frozen_adapters (`list[str]`): Frozen, active adapters of finished stages (stack mode).
         trainable_params (`int`): Trainable parameters of the current stage.
+        epochs_before_stage (`float`): Epochs trained by the finished stages; logged `epoch` = this + `stage_epoch`.
     """
 
     stage: int = 0
@@ -66,9 +68,10 @@ class CurriculumState:
     adapter_stage: int = 0
     frozen_adapters: list[str] = field(default_factory=list)
     trainable_params: int = 0
+    epochs_before_stage: float = 0.0
 
 
-class CurriculumSFTTrainer(SFTTrainer):
+class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     """
     [`~trl.SFTTrainer`] that trains a curriculum, level by level, with a fresh and (optionally) smaller LoRA adapter at
     every stage: Sequential Fine-Tuning with Progressive LoRA Rank Shrinking (PLRS).
@@ -77,6 +80,10 @@ class CurriculumSFTTrainer(SFTTrainer):
     configured replay of earlier stages, with a new LoRA adapter of rank `lora_ranks[k]`; what earlier stages learned
     is kept, merged into the base weights or as frozen adapters (see [`PLRSConfig`]). The training set is tokenized
     once; each stage selects its rows. The stage mechanics live in [`PLRSCallback`], which this trainer installs.
+
+    Callbacks and experiment trackers see the curriculum as one training run (`on_train_begin` and `on_train_end`
+    once, `global_step` and `epoch` growing across stages); subclass [`CurriculumCallback`] to also receive
+    `on_stage_begin` / `on_stage_end`.
 
     At the end, `output_dir` holds one standard PEFT LoRA adapter, the exact concatenation of the stage adapters, that
     loads on the original base model with `PeftModel.from_pretrained`; `output_dir/stage-{k}` holds each stage's own
@@ -129,9 +136,9 @@ class CurriculumSFTTrainer(SFTTrainer):
         peft_config: LoraConfig | None = None,
         **kwargs,
     ):
+        check_trainer_internals()
         if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = PLRSConfig(f"{model_name.split('/')[-1]}-PLRS")
+            args = PLRSConfig(f"{model_name_or_path(model).split('/')[-1]}-PLRS")
         elif not isinstance(args, PLRSConfig):
             raise ValueError(
                 f"`args` must be a `PLRSConfig`, but the value passed is a `{type(args).__name__}`. Build the "
@@ -193,6 +200,11 @@ class CurriculumSFTTrainer(SFTTrainer):
         self.autocast_adapter_dtype = not (
             args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not self.is_quantized
         )
+        # The stages of one curriculum are one run for every callback (one tracker run, one `on_train_end`).
+        handler = self.callback_handler
+        self.callback_handler = CurriculumCallbackHandler(
+            handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
+        )
         self.plrs_callback = PLRSCallback(self)
         # First, so that other callbacks' stage events see the transition done.
         self.callback_handler.callbacks.insert(0, self.plrs_callback)
@@ -253,14 +265,15 @@ class CurriculumSFTTrainer(SFTTrainer):
         `trainable_params`. Returns the [`~transformers.trainer_utils.TrainOutput`] of the whole curriculum, with the
         training loss averaged over every step of every stage.
         """
-        start_time = time.perf_counter()
+        start_time = time.time()
+        self.callback_handler.check_stage_callbacks(self.plrs_callback)
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         if checkpoint is not None:
             self._restore_curriculum(checkpoint)
             # The Trainer restores the RNG state only when it runs a step of the resumed stage. A checkpoint that
             # closed its stage leaves no step to run, and the next stage's adapter initialisation must then draw from
             # the checkpoint's RNG state, as it did in the original run.
-            self._load_rng_state(checkpoint)
+            self.restore_rng_state(checkpoint)
         elif self.curriculum_state.stage != 0:
             raise ValueError(
                 "This trainer has already run its curriculum. Create a new `CurriculumSFTTrainer` to train again, or "
@@ -268,8 +281,10 @@ class CurriculumSFTTrainer(SFTTrainer):
             )
         self.state = TrainerState()
         resume_from_checkpoint = checkpoint
+        first_stage = self.curriculum_state.stage
+        self.callback_handler.begin_curriculum()
         with _long_lived_objects_frozen():
-            for stage in self.stages[self.curriculum_state.stage :]:
+            for stage in self.stages[first_stage:]:
                 self.curriculum_state.stage = stage.index
                 self._call_stage_event("on_stage_begin", stage)
                 output = super().train(
@@ -282,50 +297,60 @@ class CurriculumSFTTrainer(SFTTrainer):
         self.curriculum_state.stage = len(self.stages)
 
         self.save_model(self.args.output_dir)
-        total_steps = sum(summary["steps"] for summary in self.stage_summaries)
-        train_loss = sum(summary["train_loss"] * summary["steps"] for summary in self.stage_summaries) / max(
-            total_steps, 1
+        metrics = self._curriculum_metrics(start_time, first_stage)
+        self.log(metrics)
+        # Only now do trackers end their run: after the last stage, the final save and the final metrics.
+        self.control = self.callback_handler.end_curriculum(self.args, self.state, self.control)
+        return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
+
+    def _curriculum_metrics(self, start_time: float, first_stage: int) -> dict[str, float]:
+        """The train metrics of the whole curriculum, as `SFTTrainer.train` reports them for one training."""
+        summaries = self.stage_summaries
+        total_steps = sum(summary["steps"] for summary in summaries)
+        train_loss = sum(summary["train_loss"] * summary["steps"] for summary in summaries) / max(total_steps, 1)
+        # Samples and steps of the stages run by this call (a resumed run does not count the earlier ones).
+        this_call = [summary for summary in summaries if summary["stage"] >= first_stage]
+        metrics = speed_metrics(
+            "train",
+            start_time,
+            num_samples=sum(summary.get("samples", 0) for summary in this_call),
+            num_steps=sum(summary["steps"] for summary in this_call),
         )
-        metrics = {"train_runtime": time.perf_counter() - start_time, "train_loss": train_loss}
-        return TrainOutput(self.state.global_step, train_loss, metrics)
+        metrics["total_flos"] = self.state.total_flos
+        metrics["train_loss"] = train_loss
+        return metrics
 
     def _call_stage_event(self, event: str, stage: Stage, **kwargs) -> None:
-        # `CallbackHandler.call_event` requires every callback to define the event; stage events are optional.
-        handler = self.callback_handler
-        for callback in handler.callbacks:
-            method = getattr(callback, event, None)
-            if method is None:
-                continue
-            result = method(
-                self.args,
-                self.state,
-                self.control,
-                stage=stage,
-                model=self.model,
-                processing_class=self.processing_class,
-                optimizer=self.optimizer,
-                lr_scheduler=self.lr_scheduler,
-                train_dataloader=handler.train_dataloader,
-                eval_dataloader=handler.eval_dataloader,
-                **kwargs,
-            )
-            if result is not None:
-                self.control = result
-
-    def _init_training_state(
-        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-    ) -> tuple[int, int]:
-        # The Trainer starts a fresh `TrainerState` at every `train()`; a stage carries on the previous stage's step
-        # count and log history instead, so `global_step` only grows and loggers see one continuous run.
-        previous = self.state
-        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
-            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        self.control = getattr(self.callback_handler, event)(
+            self.args, self.state, self.control, stage=stage, **kwargs
         )
-        if resume_from_checkpoint is None:
+
+    def continue_training_state(
+        self,
+        previous: TrainerState,
+        resumed: bool,
+        max_steps: int,
+        num_update_steps_per_epoch: int,
+        epochs_trained: int,
+        steps_trained_in_current_epoch: int,
+    ) -> tuple[int, int]:
+        """
+        Make the Trainer's new `TrainerState` of a stage continue the curriculum's, and return the stage's
+        `(epochs_trained, steps_trained_in_current_epoch)` for the data skip of a resume.
+
+        The Trainer starts a fresh `TrainerState` at every `train()`; a stage carries on the previous stage's step
+        count, log history, FLOs and token count instead, so `global_step` only grows and loggers see one run. A
+        resumed stage gets the checkpoint's state, whose `global_step` counts every stage; the data to skip is
+        counted within the stage. `state.max_steps` is the stage's last step.
+        """
+        if not resumed:
             self.state.global_step = previous.global_step
             self.state.log_history = previous.log_history
             self.state.total_flos = previous.total_flos
             self.state.num_input_tokens_seen = previous.num_input_tokens_seen
+            if previous.global_step > self.curriculum_state.stage_start_step:
+                # `previous` ended the stage before this one: its epochs count towards the continuous `epoch`.
+                self.curriculum_state.epochs_before_stage += previous.epoch or 0.0
             self.curriculum_state.stage_start_step = previous.global_step
         else:
             # The checkpoint's `global_step` counts every stage; the data to skip is counted within this stage.
@@ -395,44 +420,54 @@ class CurriculumSFTTrainer(SFTTrainer):
         self.stage_summaries = saved["stage_summaries"]
         logger.info(f"Resuming the curriculum at stage {state.stage} from {checkpoint}.")
 
-    def _save_checkpoint(self, model, trial) -> None:
-        # Written before the Trainer's files: the Trainer writes `trainer_state.json` last, so a checkpoint that has it
-        # has everything (see `checkpointing.is_complete_checkpoint`).
-        if self.args.should_save:
-            checkpoint_dir = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-            write_json_atomic(
-                os.path.join(checkpoint_dir, CURRICULUM_STATE_NAME),
-                {
-                    "fingerprint": self.curriculum_fingerprint(),
-                    "curriculum_state": dataclasses.asdict(self.curriculum_state),
-                    # The stage's rows, replay sample included: a resume checks it trains on the very same rows.
-                    "stage_rows": self.stage_rows(self.stages[self.curriculum_state.stage]),
-                    "stage_summaries": self.stage_summaries,
-                },
-            )
-        super()._save_checkpoint(model, trial)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        # With frozen stage adapters in the checkpoint, the Trainer reloads them and then activates only the first
-        # active adapter; the stack is activated again.
-        if self.curriculum_state.frozen_adapters:
-            self.plrs_callback.activate_adapters()
+    def save_curriculum_state(self, checkpoint_dir: str) -> None:
+        """
+        Write the curriculum's state into `checkpoint_dir`, before the Trainer's own files: the Trainer writes
+        `trainer_state.json` last, so a checkpoint that has both is whole (see `checkpointing.is_complete_checkpoint`).
+        """
+        write_json_atomic(
+            os.path.join(checkpoint_dir, CURRICULUM_STATE_NAME),
+            {
+                "fingerprint": self.curriculum_fingerprint(),
+                "curriculum_state": dataclasses.asdict(self.curriculum_state),
+                # The stage's rows, replay sample included: a resume checks it trains on the very same rows.
+                "stage_rows": self.stage_rows(self.stages[self.curriculum_state.stage]),
+                "stage_summaries": self.stage_summaries,
+            },
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """
+        Log as [`~trl.SFTTrainer`] does, adding `stage`, `lora_rank` and `trainable_params` to `logs` (in place, so
+        that `evaluate()` returns them too). `epoch` counts on across stages; `stage_epoch` is the stage's own.
+        """
         stage = self.stages[min(self.curriculum_state.stage, len(self.stages) - 1)]
-        logs = {
-            **logs,
-            "stage": stage.index,
-            "lora_rank": stage.lora_rank,
-            "trainable_params": self.curriculum_state.trainable_params,
-        }
-        super().log(logs, start_time)
+        logs.update(
+            {
+                "stage": stage.index,
+                "lora_rank": stage.lora_rank,
+                "trainable_params": self.curriculum_state.trainable_params,
+            }
+        )
+        stage_epoch = self.state.epoch
+        if stage_epoch is None:
+            return super().log(logs, start_time)
+        logs["stage_epoch"] = stage_epoch
+        # `Trainer.log` writes `state.epoch` into the logs; it holds the stage's epoch only for this call.
+        self.state.epoch = self.curriculum_state.epochs_before_stage + stage_epoch
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.epoch = stage_epoch
 
     def save_stage_adapter(self, output_dir: str) -> None:
-        """Save the trainable adapter alone, as a standard PEFT adapter, to `output_dir`."""
-        # Under DeepSpeed the full weights are gathered from every rank (a collective call).
-        state_dict = self.accelerator.get_state_dict(self.model_wrapped) if self.is_deepspeed_enabled else None
+        """
+        Save the trainable adapter alone, as a standard PEFT adapter in fp32, to `output_dir`.
+
+        Under DeepSpeed only the adapter's weights are gathered (the optimizer's fp32 master weights in a bf16/fp16
+        run), whatever `stage3_gather_16bit_weights_on_model_save` says: a collective call, made on every rank.
+        """
+        state_dict = adapter_state_dict(self.model, DEFAULT_ADAPTER) if self.is_deepspeed_enabled else None
         if self.args.should_save:
             with atomic_path(output_dir) as tmp:
                 self.model.save_pretrained(tmp, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])

@@ -43,12 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 from accelerate.logging import get_logger
 from datasets import Dataset
-from transformers import TrainerCallback
-from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
+from transformers.trainer_callback import EarlyStoppingCallback
 
+from .callbacks import CurriculumCallback
 from .checkpointing import atomic_path, read_json, write_json_atomic
 from .curriculum import Stage, dataset_levels, parse_level
 from .data import SYSTEM_PROMPT
+from .trainer_internals import close_prediction_bars, pop_accumulated_metrics, reset_early_stopping
 
 
 if TYPE_CHECKING:
@@ -353,7 +354,7 @@ def _system_prompt_of(dataset: Dataset) -> str | None:
     return SYSTEM_PROMPT
 
 
-class StageEvaluationCallback(TrainerCallback):
+class StageEvaluationCallback(CurriculumCallback):
     """
     Evaluates a [`CurriculumSFTTrainer`] on each level of its `eval_dataset` and keeps the forgetting matrix; installed
     by the trainer when the evaluation data has the curriculum column.
@@ -395,10 +396,8 @@ class StageEvaluationCallback(TrainerCallback):
         trainer.eval_dataset = self.eval_dataset.select(
             [i for i, level in enumerate(self.eval_levels) if level in seen]
         )
-        for callback in trainer.callback_handler.callbacks:
-            if isinstance(callback, EarlyStoppingCallback):
-                # The Trainer keeps this counter across `train()` calls; each stage has its own patience.
-                callback.early_stopping_patience_counter = 0
+        # The Trainer keeps the patience counter across `train()` calls; each stage has its own patience.
+        reset_early_stopping(trainer.callback_handler.callbacks)
         if stage.index == 0 and args.stage_eval_before_training and not self.matrix.before:
             self.matrix.before = self.evaluate_levels(
                 generate=args.stage_eval_generate, predictions_dir=os.path.join(STAGE_EVAL_DIR, "before_training")
@@ -469,21 +468,11 @@ class StageEvaluationCallback(TrainerCallback):
             prediction_loss_only=True,
             metric_key_prefix="eval",
         )
-        # `evaluation_loop` opens the progress bar's prediction bar, which only `on_evaluate` closes; that event is not
-        # sent per level (it would count as a full evaluation for early stopping), so the bar is closed here.
-        for callback in trainer.callback_handler.callbacks:
-            if isinstance(callback, ProgressCallback) and callback.prediction_bar is not None:
-                callback.prediction_bar.close()
-                callback.prediction_bar = None
-        metrics = {"loss": output.metrics["eval_loss"]}
-        # SFTTrainer accumulates token accuracy and entropy per batch in `_metrics["eval"]` and adds them to the next
-        # `log()`; read them here so that they are reported per level rather than mixed over levels.
-        accumulated = getattr(trainer, "_metrics", {}).get("eval")
-        if accumulated:
-            # `num_tokens` counts the training tokens so far, not this level's.
-            metrics.update({name: sum(v) / len(v) for name, v in accumulated.items() if v and name != "num_tokens"})
-            accumulated.clear()
-        return metrics
+        # Not sent `on_evaluate` (it would count as a full evaluation for early stopping), so the bar is closed here.
+        close_prediction_bars(trainer.callback_handler.callbacks)
+        # SFTTrainer accumulates token accuracy and entropy per batch and adds them to the next `log()`; they are
+        # taken here so that they are reported per level rather than mixed over levels.
+        return {"loss": output.metrics["eval_loss"], **pop_accumulated_metrics(trainer, "eval")}
 
     def _exact_match(self, predictions_dir: str | None) -> dict[int, dict[str, float]]:
         from .evaluation import PREDICTIONS_FILENAME, evaluate_math

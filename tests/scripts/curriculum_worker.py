@@ -24,9 +24,8 @@ import signal
 
 import torch
 from peft import LoraConfig
-from transformers import TrainerCallback
 
-from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 
@@ -34,7 +33,7 @@ def kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class KillSwitch(TrainerCallback):
+class KillSwitch(CurriculumCallback):
     def __init__(self, kill_at_step=None, kill_after_transition_to=None):
         self.kill_at_step = kill_at_step
         self.kill_after_transition_to = kill_after_transition_to

@@ -1,0 +1,138 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Every use of a private name of transformers' [`~transformers.Trainer`] or TRL's [`~trl.SFTTrainer`], in one place.
+
+A curriculum re-enters the Trainer's training loop once per stage, and a few of the loop's private steps must know
+about it (the step count, checkpoints, resume). Each override or access below names the upstream method it relies
+on. Checked against the whole range that `setup.cfg` allows: transformers 5.20.0 and 5.24.0, TRL 1.16.0 (`.ci/run`
+runs the core tests against the lowest and the newest versions). [`check_trainer_internals`] fails at trainer
+construction, with the versions to install, when an upstream release removed one of them.
+
+The rest of the package uses public API only; `tests/test_trainer_internals.py` greps it to keep it so.
+"""
+
+import importlib.metadata
+import os
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+
+# The Trainer methods overridden or called below, each checked present at trainer construction.
+REQUIRED_TRAINER_METHODS = ("_init_training_state", "_save_checkpoint", "_load_from_checkpoint", "_load_rng_state")
+TESTED_VERSIONS = {"transformers": "5.20.0 to 5.24.0", "trl": "1.16.0"}
+
+
+def check_trainer_internals() -> None:
+    """Raise one clear error when the installed transformers lacks a Trainer method the curriculum overrides."""
+    missing = [name for name in REQUIRED_TRAINER_METHODS if not callable(getattr(Trainer, name, None))]
+    if missing:
+        installed = {name: importlib.metadata.version(name) for name in TESTED_VERSIONS}
+        raise ImportError(
+            f"`CurriculumSFTTrainer` relies on the Trainer methods {missing}, which the installed transformers "
+            f"{installed['transformers']} (TRL {installed['trl']}) does not have. Install the tested versions: "
+            + ", ".join(f"{name} {versions}" for name, versions in TESTED_VERSIONS.items())
+            + " (`pip install -e .` pins them)."
+        )
+
+
+class TrainerInternalsMixin:
+    """
+    The overrides of private [`~transformers.Trainer`] methods that a curriculum needs; mixed into
+    [`~trl_plrs.CurriculumSFTTrainer`] before [`~trl.SFTTrainer`]. Each delegates the curriculum's part to a public
+    method of the trainer.
+    """
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ) -> tuple[int, int]:
+        # `Trainer._init_training_state` (split out of `_inner_training_loop` in transformers 5.x, positional
+        # arguments as passed there) builds a fresh `TrainerState` at every `train()`, or loads the checkpoint's, and
+        # returns `(epochs_trained, steps_trained_in_current_epoch)` computed from `global_step`.
+        previous = self.state
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        resumed = resume_from_checkpoint is not None
+        return self.continue_training_state(
+            previous, resumed, max_steps, num_update_steps_per_epoch, epochs_trained, steps_trained_in_current_epoch
+        )
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # `Trainer._save_checkpoint(model, trial)` writes `output_dir/{PREFIX_CHECKPOINT_DIR}-{global_step}` and writes
+        # `trainer_state.json` last; the curriculum state is written before it, so a checkpoint with both is whole.
+        if self.args.should_save:
+            checkpoint_dir = os.path.join(
+                self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            self.save_curriculum_state(checkpoint_dir)
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # `Trainer._load_from_checkpoint` reloads the PEFT adapters of a checkpoint, then activates only the first
+        # active one; the frozen stage adapters are activated again after it.
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.plrs_callback.activate_adapters()
+
+    def restore_rng_state(self, checkpoint: str) -> None:
+        """Restore the RNG states saved in `checkpoint` (`Trainer._load_rng_state`)."""
+        self._load_rng_state(checkpoint)
+
+    def checkpoint_output_dir(self, trial=None) -> str:
+        """Folder where the Trainer writes checkpoints (`Trainer._get_output_dir`)."""
+        return self._get_output_dir(trial)
+
+
+def pop_accumulated_metrics(trainer: Trainer, split: str) -> dict[str, float]:
+    """
+    The means of the metrics that [`~trl.SFTTrainer`] accumulated per batch since the last `log()` (token accuracy,
+    entropy), removed so that the next `log()` does not report them again. TRL keeps them in `SFTTrainer._metrics`
+    (`{"train"|"eval": {name: [values]}}`, TRL 1.16); `num_tokens` is a running count of training tokens, not a mean,
+    and is left out.
+    """
+    accumulated = getattr(trainer, "_metrics", {}).get(split)
+    if not accumulated:
+        return {}
+    means = {
+        name: sum(values) / len(values) for name, values in accumulated.items() if values and name != "num_tokens"
+    }
+    accumulated.clear()
+    return means
+
+
+def reset_early_stopping(callbacks: list[TrainerCallback]) -> None:
+    """Give every [`~transformers.EarlyStoppingCallback`] a fresh patience (its counter persists across `train()`)."""
+    for callback in callbacks:
+        if isinstance(callback, EarlyStoppingCallback):
+            callback.early_stopping_patience_counter = 0
+
+
+def close_prediction_bars(callbacks: list[TrainerCallback]) -> None:
+    """
+    Close the evaluation bar that `Trainer.evaluation_loop` opened in every [`~transformers.ProgressCallback`]; only
+    `on_evaluate` closes it, and that event is not sent for the per-level evaluations.
+    """
+    for callback in callbacks:
+        if isinstance(callback, ProgressCallback) and callback.prediction_bar is not None:
+            callback.prediction_bar.close()
+            callback.prediction_bar = None
+
+
+def model_name_or_path(model) -> str:
+    """The hub id or path a model was loaded from (`PretrainedConfig._name_or_path`), or its class name."""
+    if isinstance(model, str):
+        return model
+    return getattr(model.config, "_name_or_path", "") or type(model).__name__
