@@ -12,9 +12,12 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-A 3-stage PLRS curriculum launched with `accelerate launch --num_processes 2` on CPU (gloo): DDP, DeepSpeed ZeRO-2,
-and ZeRO-3 in merge and stack modes. Each run is a subprocess (DeepSpeed state leaks into later trainers of one Python
-process) whose worker, `tests/distributed/run_curriculum.py`, writes one JSON report per rank.
+A 3-stage PLRS curriculum launched with `accelerate launch --num_processes 2` on CPU (gloo): DDP, and DeepSpeed ZeRO-2
+and ZeRO-3 in merge and stack modes, each with our accelerate config (whose JSON sets
+`stage3_gather_16bit_weights_on_model_save`) and with a user's own JSON passed as `PLRSConfig(deepspeed=...)` that
+lacks it (DeepSpeed's default, as in the Hugging Face docs' examples). Every run must land on the single-process
+result. Each run is a subprocess (DeepSpeed state leaks into later trainers of one Python process) whose worker,
+`tests/distributed/run_curriculum.py`, writes one JSON report per rank.
 
 Select them with `pytest -m distributed`. The first DeepSpeed run compiles DeepSpeed's shm op (~45 s, cached in
 `~/.cache/torch_extensions`).
@@ -44,16 +47,23 @@ WORKER = os.path.join(DISTRIBUTED_DIR, "run_curriculum.py")
 SCHEDULED_RANKS = [16, 8, 4]
 # float32 tiny model: the transition and reload checks differ only by float rounding (~3e-7 observed).
 LOGITS_ATOL = 1e-5
-# DDP (2 x 2 rows) vs one process (4 rows), same seed and global batch: max |difference| of the final adapter's
-# weights was 1.5e-6 (weights up to 0.25); gradients are averaged in a different order, nothing else differs.
-DDP_VS_SINGLE_ATOL = 1e-5
+# 2 processes x 2 rows vs one process x 4 rows, same seed and global batch: max |difference| of the final adapter's
+# weights was 1.5e-6 for DDP (weights up to 0.25); gradients are averaged in a different order, nothing else differs.
+DISTRIBUTED_VS_SINGLE_ATOL = 1e-5
 LAUNCH_TIMEOUT = 600
 
+# engine: (accelerate config, the user's DeepSpeed JSON passed to `PLRSConfig(deepspeed=...)`, type, ZeRO stage)
 ENGINES = {
-    "ddp": ("ddp_cpu.yaml", "DistributedType.MULTI_CPU", None),
-    "zero2": ("deepspeed_zero2_cpu.yaml", "DistributedType.DEEPSPEED", 2),
-    "zero3": ("deepspeed_zero3_cpu.yaml", "DistributedType.DEEPSPEED", 3),
+    "ddp": ("ddp_cpu.yaml", None, "DistributedType.MULTI_CPU", None),
+    "zero2": ("deepspeed_zero2_cpu.yaml", None, "DistributedType.DEEPSPEED", 2),
+    "zero2_user_json": ("ddp_cpu.yaml", "deepspeed_zero2_user.json", "DistributedType.DEEPSPEED", 2),
+    "zero3": ("deepspeed_zero3_cpu.yaml", None, "DistributedType.DEEPSPEED", 3),
+    # No `stage3_gather_16bit_weights_on_model_save`: the full model cannot be gathered, the stage adapters can.
+    "zero3_user_json": ("ddp_cpu.yaml", "deepspeed_zero3_user.json", "DistributedType.DEEPSPEED", 3),
 }
+MATRIX = [("ddp", "merge")] + [
+    (engine, transition) for engine in ENGINES if engine != "ddp" for transition in ("merge", "stack")
+]
 
 
 def _free_port() -> int:
@@ -81,7 +91,10 @@ def _run(command: list[str], output_dir: str) -> None:
 
 
 def launch(engine: str, base_dir: str, output_dir: str, *worker_args: str) -> list[dict]:
-    config_file = os.path.join(DISTRIBUTED_DIR, ENGINES[engine][0])
+    config_name, user_json, _, _ = ENGINES[engine]
+    config_file = os.path.join(DISTRIBUTED_DIR, config_name)
+    if user_json is not None:
+        worker_args = (*worker_args, "--deepspeed", os.path.join(DISTRIBUTED_DIR, user_json))
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", config_file,
@@ -121,16 +134,32 @@ def runs(tmp_path_factory, base_dir):
     return get
 
 
+@pytest.fixture(scope="module")
+def single_process_runs(tmp_path_factory, base_dir):
+    """The reference: one process, 4 rows per step (= 2 processes x 2 rows), same seed, no dropout."""
+    root = tmp_path_factory.mktemp("single")
+    cache = {}
+
+    def get(transition: str) -> str:
+        if transition not in cache:
+            output_dir = str(root / transition)
+            command = [sys.executable, WORKER, "--base_dir", base_dir, "--output_dir", output_dir]
+            _run([*command, "--per_device_train_batch_size", "4", "--adapter_transition", transition], output_dir)
+            assert _read_report(output_dir, 0)["num_processes"] == 1
+            cache[transition] = output_dir
+        return cache[transition]
+
+    return get
+
+
 def _logits(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-@pytest.mark.parametrize(
-    "engine, transition", [("ddp", "merge"), ("zero2", "merge"), ("zero3", "merge"), ("zero3", "stack")]
-)
-def test_curriculum_survives_engine(runs, base_dir, engine, transition):
+@pytest.mark.parametrize("engine, transition", MATRIX)
+def test_curriculum_survives_engine(runs, single_process_runs, base_dir, engine, transition):
     reports, output_dir = runs(engine, transition)
-    _, distributed_type, zero_stage = ENGINES[engine]
+    _, _, distributed_type, zero_stage = ENGINES[engine]
 
     # Both ranks finished, as two real processes of one job.
     assert [report["process_index"] for report in reports] == [0, 1]
@@ -182,29 +211,11 @@ def test_curriculum_survives_engine(runs, base_dir, engine, transition):
     trained_moved = (_logits(reports[0]["final_logits"]) - _logits(reports[0]["stage_begin"][0]["logits"])).abs()
     assert trained_moved.max() > 1e-3
 
-
-def test_ddp_matches_single_process_with_same_global_batch(runs, base_dir, tmp_path):
-    _, ddp_dir = runs("ddp", "merge")
-    single_dir = str(tmp_path / "single")
-    # One process, 4 rows per step = DDP's 2 processes x 2 rows, same seed; no dropout, so nothing random differs.
-    _run(
-        [
-            sys.executable,
-            WORKER,
-            "--base_dir",
-            base_dir,
-            "--output_dir",
-            single_dir,
-            "--per_device_train_batch_size",
-            "4",
-        ],
-        single_dir,
-    )
-    single_report = _read_report(single_dir, 0)
-    assert single_report["num_processes"] == 1
-
-    ddp_weights = load_file(os.path.join(ddp_dir, ADAPTER_WEIGHTS_NAME))
-    single_weights = load_file(os.path.join(single_dir, ADAPTER_WEIGHTS_NAME))
-    assert ddp_weights.keys() == single_weights.keys()
-    for key in ddp_weights:
-        torch.testing.assert_close(ddp_weights[key], single_weights[key], rtol=0, atol=DDP_VS_SINGLE_ATOL)
+    # The same curriculum in one process with the same global batch (4 rows per step) gives the same adapter: every
+    # stage adapter is gathered whole (in fp32) whatever the engine and its 16-bit gather flag.
+    single_weights = load_file(os.path.join(single_process_runs(transition), ADAPTER_WEIGHTS_NAME))
+    weights = load_file(os.path.join(output_dir, ADAPTER_WEIGHTS_NAME))
+    assert weights.keys() == single_weights.keys()
+    for key in weights:
+        assert weights[key].dtype == torch.float32
+        torch.testing.assert_close(weights[key], single_weights[key], rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)

@@ -146,26 +146,25 @@ def activate_stage_adapters(model: PeftModel, frozen_adapters: Sequence[str]) ->
         model.base_model.set_requires_grad(list(frozen_adapters), requires_grad=False)
 
 
-def adapter_state_dict(model: PeftModel, adapter_name: str = DEFAULT_ADAPTER) -> dict[str, torch.Tensor]:
+def adapter_state_dict(
+    model: PeftModel, adapter_name: str = DEFAULT_ADAPTER, deepspeed_enabled: bool = False
+) -> dict[str, torch.Tensor]:
     """
     The full weights of one adapter in fp32 on CPU, keyed as in `model.state_dict()`, on every rank.
 
-    Under DeepSpeed the values are the optimizer's fp32 master weights (`deepspeed.utils.safe_get_full_fp32_param`)
-    where it holds them: in a bf16/fp16 run the module's own copy is rounded to 16 bits. A parameter the optimizer
-    does not hold is gathered alone under ZeRO-3. Nothing else of the model is gathered, so this needs neither
-    `stage3_gather_16bit_weights_on_model_save` nor the memory of a full state dict. Under DeepSpeed this is a
-    collective call: every rank must make it.
+    Under DeepSpeed (`deepspeed_enabled`) the values are the optimizer's fp32 master weights
+    (`deepspeed.utils.safe_get_full_fp32_param`) where it holds them: in a bf16/fp16 run the module's own copy is
+    rounded to 16 bits. A parameter the optimizer does not hold is gathered alone under ZeRO-3. Nothing else of the
+    model is gathered, so this needs neither `stage3_gather_16bit_weights_on_model_save` nor the memory of a full
+    state dict. Under DeepSpeed this is a collective call: every rank must make it, in the same order.
     """
-    named = [
-        (name, param)
-        for name, param in model.named_parameters()
-        if ".lora_" in name and adapter_name in name.split(".")
-    ]
     fp32_master = None
-    if any(hasattr(param, "ds_id") or hasattr(param, "_hp_mapping") for _, param in named):
+    if deepspeed_enabled:
         from deepspeed.utils import safe_get_full_fp32_param as fp32_master
     state_dict = {}
-    for name, param in named:
+    for name, param in model.named_parameters():
+        if ".lora_" not in name or adapter_name not in name.split("."):
+            continue
         value = fp32_master(param) if fp32_master is not None else None
         if value is None:
             with gathered_parameters([param], modify=False):

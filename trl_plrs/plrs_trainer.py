@@ -467,7 +467,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         Under DeepSpeed only the adapter's weights are gathered (the optimizer's fp32 master weights in a bf16/fp16
         run), whatever `stage3_gather_16bit_weights_on_model_save` says: a collective call, made on every rank.
         """
-        state_dict = adapter_state_dict(self.model, DEFAULT_ADAPTER) if self.is_deepspeed_enabled else None
+        state_dict = (
+            adapter_state_dict(self.model, DEFAULT_ADAPTER, deepspeed_enabled=True)
+            if self.is_deepspeed_enabled
+            else None
+        )
         if self.args.should_save:
             with atomic_path(output_dir) as tmp:
                 self.model.save_pretrained(tmp, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])

@@ -23,7 +23,7 @@ OMP_NUM_THREADS=1 accelerate launch --config_file tests/distributed/ddp_cpu.yaml
 or without a launcher (one process, the reference run of the DDP comparison). Everything the test needs from inside the
 training processes is measured here, at the stage boundaries:
 
-- `stage_begin`: at every stage's `on_train_begin` (after the transition AND after the engine re-wrapped the model):
+- `stage_begin`: at every stage's first step (after the transition AND after the engine re-wrapped the model):
   logits, trainable adapter names, the rank of the trainable adapter, and how many base weights are partitioned
   (ZeRO-3 shards them: a rank then holds no full copy of the weight);
 - `stage_end`: at every stage's end: logits and a SHA-256 of the trainable parameters (gathered under ZeRO-3), which
@@ -37,9 +37,9 @@ import json
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.adapters import DEFAULT_ADAPTER, gathered_parameters, lora_layers, trainable_adapter_names
 from trl_plrs.data import make_synthetic_math, to_prompt_completion
 
@@ -75,15 +75,17 @@ def trainable_checksum(model) -> dict:
     return {"sha256": digest.hexdigest(), "sum": total, "count": len(named)}
 
 
-class ReportCallback(TrainerCallback):
+class ReportCallback(CurriculumCallback):
     def __init__(self, batch):
         self.batch = batch
         self.trainer = None
         self.stage_begin, self.stage_end = [], []
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # Once per stage (each stage re-enters the Trainer's training loop), after the engine wrapped the model.
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        # At each stage's first step: after the engine wrapped the model for the stage.
         trainer = self.trainer
+        if state.global_step != trainer.curriculum_state.stage_start_step:
+            return
         model = trainer.model
         layers = [layer for layer in lora_layers(model) if DEFAULT_ADAPTER in layer.lora_A]
         base_weights = [layer.get_base_layer().weight for layer in lora_layers(model)]
@@ -129,6 +131,9 @@ def main():
     parser.add_argument("--per_device_train_batch_size", type=int, default=2)
     parser.add_argument("--max_steps", type=int, default=3)
     parser.add_argument("--lora_dropout", type=float, default=0.0)
+    parser.add_argument(
+        "--deepspeed", default=None, help="A user's DeepSpeed JSON, passed as `PLRSConfig(deepspeed=...)`."
+    )
     args = parser.parse_args()
 
     # Loaded before the `PLRSConfig` exists: under ZeRO-3, transformers would otherwise partition the model while
@@ -156,6 +161,7 @@ def main():
         lora_ranks=[16, 8, 4],
         adapter_transition=args.adapter_transition,
         dataloader_num_workers=0,
+        deepspeed=args.deepspeed,
     )
     batch = tokenizer(
         [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False) for p in PROBE_PROBLEMS],
