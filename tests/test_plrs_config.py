@@ -29,7 +29,7 @@ def test_defaults():
     assert config.replay is None  # resolved to the preset's value, or "full", by the trainer
     assert config.lora_ranks is None
     assert config.lora_alpha_ratio == 2.0
-    assert config.adapter_transition == "merge"
+    assert config.adapter_transition == "auto"
     assert config.drop_unknown_levels is True
 
 

@@ -56,10 +56,14 @@ class PLRSConfig(SFTConfig):
         lora_alpha_ratio (`float` or `None`, *optional*, defaults to `2.0`):
             Each stage's `lora_alpha` is this ratio times its rank (alpha = 2r, as in the paper). `None` keeps the
             `lora_alpha` of the `peft_config` at every stage.
-        adapter_transition (`str`, *optional*, defaults to `"merge"`):
+        adapter_transition (`str`, *optional*, defaults to `"auto"`):
             What happens to a finished stage's adapter. `"merge"`: it is merged into the base weights and removed
-            before the next stage's adapter is added. `"stack"`: it is kept, frozen and still active, beside the new
-            one; use it on a quantized (4-bit or 8-bit) base, whose weights cannot absorb a merge.
+            before the next stage's adapter is added; exact only into fp32 weights (a bf16 merge rounds most of a
+            small update away, and a warning then says how much). `"stack"`: it is kept, frozen and still active,
+            beside the new one; exact on any base, the only choice on a quantized (4-bit or 8-bit) one, at the cost
+            of the frozen adapters' FLOPs in every later step. `"auto"`: `"merge"` when every LoRA-targeted base
+            weight is trained in fp32, `"stack"` otherwise (bf16/fp16 weights, a quantized base, DeepSpeed with
+            bf16/fp16).
         plrs_preset (`str`, *optional*):
             One of the paper's six baselines, filling `curriculum_stages`, `replay` and `lora_ranks`: `"direct"`
             (B1), `"seq_no_replay"` (B2), `"seq_no_replay_shrink"` (B3), `"seq_full_replay"` (B4), `"replay_shrink"`
@@ -123,10 +127,11 @@ class PLRSConfig(SFTConfig):
         metadata={"help": "lora_alpha = ratio x rank at every stage. `None` keeps the peft_config's lora_alpha."},
     )
     adapter_transition: str = field(
-        default="merge",
+        default="auto",
         metadata={
-            "help": "What happens to a finished stage's adapter: merged into the base weights ('merge') or kept "
-            "frozen and active ('stack', required on a quantized base).",
+            "help": "What happens to a finished stage's adapter: merged into the base weights ('merge', exact into "
+            "fp32 weights only), kept frozen and active ('stack', exact on any base, required on a quantized one), "
+            "or 'auto': merge when the targeted base weights are fp32, stack otherwise.",
             "choices": list(ADAPTER_TRANSITIONS),
         },
     )
@@ -180,7 +185,7 @@ class PLRSConfig(SFTConfig):
         if self.adapter_transition not in ADAPTER_TRANSITIONS:
             raise ValueError(
                 f"`adapter_transition` must be one of {list(ADAPTER_TRANSITIONS)}, but the value passed is "
-                f"{self.adapter_transition!r}. Use 'merge' for a full-precision base, 'stack' for a quantized one."
+                f"{self.adapter_transition!r}. Use 'auto' (the default) to merge into fp32 weights and stack otherwise."
             )
         if self.lora_alpha_ratio is not None and not self.lora_alpha_ratio > 0:
             raise ValueError(

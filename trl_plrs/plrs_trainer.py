@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset
@@ -30,7 +31,13 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl import SFTTrainer
 
-from .adapters import DEFAULT_ADAPTER, adapter_state_dict, concatenate_lora_adapters
+from .adapters import (
+    DEFAULT_ADAPTER,
+    adapter_state_dict,
+    choose_adapter_transition,
+    concatenate_lora_adapters,
+    lora_layers,
+)
 from .callbacks import CurriculumCallbackHandler, CurriculumProgressCallback, PLRSCallback, stage_dir
 from .checkpointing import (
     CURRICULUM_STATE_NAME,
@@ -47,6 +54,10 @@ from .trainer_internals import TrainerInternalsMixin, check_trainer_internals, m
 
 
 logger = get_logger(__name__)
+
+# `init_lora_weights` values that start a new adapter at B = 0 without touching the base weights, so that adding it
+# leaves the model's function unchanged.
+EXACT_LORA_INITS = (True, "gaussian")
 
 
 @dataclass
@@ -196,6 +207,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             )
         self.row_levels = dataset_levels(self.curriculum_dataset, args.curriculum_column)
         self._check_every_stage_trains()
+        self.adapter_transition = self._resolve_adapter_transition()
         # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
         self.autocast_adapter_dtype = not (
             args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not self.is_quantized
@@ -212,6 +224,44 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             self.add_callback(CurriculumProgressCallback(self))
         # Per-level evaluation, forgetting matrix and per-stage early stopping, when the eval data has levels.
         self.stage_evaluation = install_stage_evaluation(self)
+
+    def _resolve_adapter_transition(self) -> str:
+        """`args.adapter_transition`, with `"auto"` resolved from the dtype the targeted base weights train in."""
+        args = self.args
+        layers = list(lora_layers(self.model))
+        unsupported = sorted({type(layer.get_base_layer()).__name__ for layer in layers if not _is_linear(layer)})
+        if unsupported:
+            raise ValueError(
+                f"`peft_config.target_modules` ({self.stage_peft_config.target_modules!r}) targets layers of type "
+                f"{unsupported} (e.g. `embed_tokens` or `lm_head` as an embedding): their LoRA adapters cannot be "
+                "carried across stages exactly. Target the linear projections only, e.g. `target_modules="
+                "'all-linear'` (which leaves out `lm_head`)."
+            )
+        base_dtypes = {layer.get_base_layer().weight.dtype for layer in layers}
+        half_precision_engine = args.deepspeed_plugin is not None and (args.bf16 or args.fp16)
+        transition = choose_adapter_transition(
+            args.adapter_transition, base_dtypes, self.is_quantized, half_precision_engine
+        )
+        trained_in = "4-bit/8-bit" if self.is_quantized else ", ".join(sorted(str(dtype) for dtype in base_dtypes))
+        if half_precision_engine:
+            trained_in += " cast to bf16/fp16 by DeepSpeed"
+        if args.adapter_transition == "auto":
+            reason = (
+                "merged into them exactly"
+                if transition == "merge"
+                else "kept as frozen adapters beside the new one (a merge would round most of each stage away)"
+            )
+            logger.info(
+                f"`adapter_transition='auto'`: the targeted base weights are {trained_in}, so finished "
+                f"adapters are {reason}."
+            )
+        elif transition == "merge" and (half_precision_engine or not base_dtypes <= {torch.float32, torch.float64}):
+            logger.warning(
+                f"`adapter_transition='merge'` with base weights in {trained_in}: merging a stage's update into "
+                "16-bit weights rounds most of it away (each merge logs how much). Use `adapter_transition='auto'` "
+                "(the default) or 'stack', or load the base in float32."
+            )
+        return transition
 
     def _check_every_stage_trains(self) -> None:
         """Fail before training when a stage would run no optimizer step."""
@@ -388,7 +438,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         fingerprint = {
             "stages": [dataclasses.asdict(stage) for stage in self.stages],
             "replay": self.replay,
-            "adapter_transition": self.args.adapter_transition,
+            "adapter_transition": self.adapter_transition,
             "seed": self.args.seed,
             "curriculum_column": self.args.curriculum_column,
             "rows_per_level": {str(level): self.row_levels.count(level) for level in sorted(set(self.row_levels))},
@@ -533,12 +583,20 @@ def _check_peft_config(model, peft_config) -> None:
             f"`peft_config` must be a `peft.LoraConfig`, but the value passed is {kind}. Progressive rank shrinking "
             "applies to LoRA adapters only."
         )
+    if peft_config.init_lora_weights not in EXACT_LORA_INITS:
+        raise ValueError(
+            f"`peft_config.init_lora_weights` is {peft_config.init_lora_weights!r}, which does not start a new adapter "
+            "at B = 0 on unchanged base weights (PiSSA, OLoRA, LoftQ and CorDA rewrite the base weights, `False` and "
+            "'orthogonal' start with B != 0): every stage transition would change the model and the exported adapter "
+            "would not reproduce it. Use `init_lora_weights=True` (the default) or 'gaussian'."
+        )
     unsupported = {
         "use_dora": peft_config.use_dora,
         "rank_pattern": peft_config.rank_pattern,
         "alpha_pattern": peft_config.alpha_pattern,
         "modules_to_save": peft_config.modules_to_save,
         "lora_bias": peft_config.lora_bias,
+        "trainable_token_indices": peft_config.trainable_token_indices,
     }
     for name, value in unsupported.items():
         if value:
@@ -547,6 +605,11 @@ def _check_peft_config(model, peft_config) -> None:
                 "adapters must be plain LoRA A/B matrices of one rank so that they can be merged and concatenated. "
                 f"Unset `{name}`."
             )
+
+
+def _is_linear(layer) -> bool:
+    # A quantized base keeps its `Linear4bit`/`Linear8bitLt`, subclasses of `nn.Linear`.
+    return isinstance(layer.get_base_layer(), torch.nn.Linear)
 
 
 def _is_quantized(model, args: PLRSConfig, quantization_config) -> bool:
