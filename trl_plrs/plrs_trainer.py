@@ -48,6 +48,7 @@ from .checkpointing import (
 )
 from .curriculum import Stage, build_stages, dataset_levels, resolve_replay
 from .plrs_config import PLRSConfig
+from .quantization import is_quantized, keep_4bit_weights_trainable_on_cpu
 from .replay import stage_row_indices
 from .stage_evaluation import install_stage_evaluation
 from .trainer_internals import TrainerInternalsMixin, check_trainer_internals, model_name_or_path
@@ -162,7 +163,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "builds a new optimizer and scheduler. Pass `optimizer_cls_and_kwargs=(OptimizerClass, kwargs)` or "
                 "set `optim`/`lr_scheduler_type` in the `PLRSConfig` instead."
             )
-        self.is_quantized = _is_quantized(model, args, kwargs.get("quantization_config"))
+        self.is_quantized = is_quantized(model, args.model_init_kwargs, kwargs.get("quantization_config"))
         if self.is_quantized and args.adapter_transition == "merge":
             raise ValueError(
                 "`adapter_transition='merge'` cannot be used with a quantized (4-bit or 8-bit) base model: merging "
@@ -208,6 +209,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.row_levels = dataset_levels(self.curriculum_dataset, args.curriculum_column)
         self._check_every_stage_trains()
         self.adapter_transition = self._resolve_adapter_transition()
+        if self.is_quantized:
+            keep_4bit_weights_trainable_on_cpu(self.model)
         # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
         self.autocast_adapter_dtype = not (
             args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not self.is_quantized
@@ -610,12 +613,6 @@ def _check_peft_config(model, peft_config) -> None:
 def _is_linear(layer) -> bool:
     # A quantized base keeps its `Linear4bit`/`Linear8bitLt`, subclasses of `nn.Linear`.
     return isinstance(layer.get_base_layer(), torch.nn.Linear)
-
-
-def _is_quantized(model, args: PLRSConfig, quantization_config) -> bool:
-    if isinstance(model, str):
-        return quantization_config is not None or "quantization_config" in (args.model_init_kwargs or {})
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list[int]]:
