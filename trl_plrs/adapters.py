@@ -34,7 +34,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .curriculum import Stage
@@ -271,6 +271,47 @@ def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> L
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return config
+
+
+def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 copies of the LoRA-targeted base weights, by layer name: the reference [`export_mismatch`] needs."""
+    return {
+        name: module.get_base_layer().weight.detach().float().clone()
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def export_mismatch(model: PeftModel, original_weights: dict[str, torch.Tensor], adapter_dir: str) -> dict[str, float]:
+    """
+    How far the live model is from what the curriculum exports, per LoRA-targeted layer (fp32 models, or any model
+    whose base is a plain `nn.Linear`; not under ZeRO-3).
+
+    For each layer, the live effective weight (current base weight + the delta of every active adapter, in fp32) is
+    compared with the original base weight + the delta of the saved combined adapter in `adapter_dir`:
+    `||W_live - (W_0 + delta_export)|| / ||delta_export||`. 0 means the exported adapter carries exactly what the model
+    learned; a bf16 merge of small updates gives ~0.8 (most of the learning is only in the export).
+
+    Args:
+        model ([`~peft.PeftModel`]): The trained model, with its stage adapters merged or active.
+        original_weights (`dict[str, torch.Tensor]`): [`base_weights`] of the model before training.
+        adapter_dir (`str`): Folder of the combined adapter (the curriculum's `output_dir`).
+    """
+    config = LoraConfig.from_pretrained(adapter_dir)
+    exported = load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS_NAME))
+    mismatch = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer) or name not in original_weights:
+            continue
+        live = layer.get_base_layer().weight.detach().float()
+        for adapter_name in layer.active_adapters:
+            if adapter_name in layer.lora_A:
+                live = live + layer.get_delta_weight(adapter_name).detach().float()
+        key = name.removeprefix("base_model.model.")
+        lora_a, lora_b = (exported[f"base_model.model.{key}.lora_{part}.weight"].float() for part in "AB")
+        delta = lora_b @ lora_a * _scaling(config)
+        mismatch[name] = float((live - original_weights[name] - delta).norm() / delta.norm().clamp_min(1e-30))
+    return mismatch
 
 
 def _scaling(config: LoraConfig) -> float:
