@@ -216,6 +216,8 @@ class PhaseClock(TrainerCallback):
         self.marks: list[tuple[str, float]] = []
 
     def mark(self, name: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # GPU work is asynchronous: a mark waits for what was queued before it
         self.marks.append((name, time.perf_counter()))
 
     def on_train_begin(self, args, state, control, **kwargs):

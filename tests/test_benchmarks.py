@@ -58,3 +58,17 @@ def test_overhead_smoke_writes_markdown_and_json(benchmarks_on_path, tmp_path):
         written = json.load(json_file)
     assert written["machine"]["OMP_NUM_THREADS"] == "1"
     assert "Wall ratio" in (tmp_path / "overhead.md").read_text()
+
+
+def test_gpu_benchmark_smoke_on_cpu(benchmarks_on_path, tmp_path):
+    import bench_gpu
+
+    results = bench_gpu.main(["--smoke", "--output_dir", str(tmp_path)])
+    records = {record["name"]: record for record in results["records"]}
+    assert set(records) == set(bench_gpu.RUNS)
+    assert [len(record["stages"]) for record in records.values() if record["kind"] == "curriculum"] == [5, 5, 5]
+    assert records["b5_bf16"]["adapter_transition"] == "stack" and records["b5_4bit"]["adapter_transition"] == "stack"
+    # The export check measures something: exact for the default transition, learning lost for a bf16 merge.
+    assert records["b5_bf16"]["export"]["max_layer_mismatch"] < 0.05
+    assert records["b5_bf16_merge"]["export"]["max_layer_mismatch"] > 0.05
+    assert "Device: **CPU (smoke run, tiny shapes)**" in (tmp_path / "gpu.md").read_text()

@@ -33,6 +33,7 @@ from dataclasses import replace
 import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
+from peft.utils.integrations import dequantize_module_weight
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -274,9 +275,12 @@ def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> L
 
 
 def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """fp32 copies of the LoRA-targeted base weights, by layer name: the reference [`export_mismatch`] needs."""
+    """
+    fp32 copies of the LoRA-targeted base weights (dequantized on a 4-bit/8-bit base), by layer name: the reference
+    [`export_mismatch`] needs.
+    """
     return {
-        name: module.get_base_layer().weight.detach().float().clone()
+        name: dequantize_module_weight(module.get_base_layer()).detach().to(device="cpu", dtype=torch.float32)
         for name, module in model.named_modules()
         if isinstance(module, LoraLayer)
     }
@@ -284,8 +288,8 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_mismatch(model: PeftModel, original_weights: dict[str, torch.Tensor], adapter_dir: str) -> dict[str, float]:
     """
-    How far the live model is from what the curriculum exports, per LoRA-targeted layer (fp32 models, or any model
-    whose base is a plain `nn.Linear`; not under ZeRO-3).
+    How far the live model is from what the curriculum exports, per LoRA-targeted layer (any dtype, 4-bit and 8-bit
+    bases dequantized; not under ZeRO-3).
 
     For each layer, the live effective weight (current base weight + the delta of every active adapter, in fp32) is
     compared with the original base weight + the delta of the saved combined adapter in `adapter_dir`:
@@ -303,14 +307,18 @@ def export_mismatch(model: PeftModel, original_weights: dict[str, torch.Tensor],
     for name, layer in model.named_modules():
         if not isinstance(layer, LoraLayer) or name not in original_weights:
             continue
-        live = layer.get_base_layer().weight.detach().float()
+        live = dequantize_module_weight(layer.get_base_layer()).detach().float()
         for adapter_name in layer.active_adapters:
             if adapter_name in layer.lora_A:
                 live = live + layer.get_delta_weight(adapter_name).detach().float()
         key = name.removeprefix("base_model.model.")
-        lora_a, lora_b = (exported[f"base_model.model.{key}.lora_{part}.weight"].float() for part in "AB")
+        lora_a, lora_b = (
+            exported[f"base_model.model.{key}.lora_{part}.weight"].to(device=live.device, dtype=torch.float32)
+            for part in "AB"
+        )
         delta = lora_b @ lora_a * _scaling(config)
-        mismatch[name] = float((live - original_weights[name] - delta).norm() / delta.norm().clamp_min(1e-30))
+        learned = live - original_weights[name].to(live.device)
+        mismatch[name] = float((learned - delta).norm() / delta.norm().clamp_min(1e-30))
     return mismatch
 
 
