@@ -40,6 +40,7 @@ import statistics
 import tempfile
 import time
 
+import torch
 from common import (
     LORA_TARGETS,
     RESULTS_DIR,
@@ -50,16 +51,14 @@ from common import (
     stage_phases,
     write_results,
 )
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+from trl import SFTConfig, SFTTrainer
 
-import torch  # noqa: E402  (common sets the thread settings first)
-from datasets import Dataset  # noqa: E402
-from peft import LoraConfig, PeftModel  # noqa: E402
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-
-from trl_plrs import CurriculumCallback, PLRSConfig  # noqa: E402
-from trl_plrs.adapters import base_weights, export_mismatch  # noqa: E402
-from trl_plrs.testing import build_tokenizer  # noqa: E402
+from trl_plrs import CurriculumCallback, PLRSConfig
+from trl_plrs.adapters import base_weights, export_mismatch
+from trl_plrs.testing import build_tokenizer
 
 
 # meta-llama/Llama-3.2-1B's config.json (the weights are never needed: the benchmark measures time and memory).
@@ -311,7 +310,7 @@ def to_markdown(results: dict) -> str:
     records = {record["name"]: record for record in results["records"]}
     summary_rows = []
     for name, record in records.items():
-        steps = [stage for stage in record["stages"]]
+        steps = record["stages"]
         total_step = sum(stage["step_s"] * stage["steps"] for stage in steps)
         sft = records.get("sft_" + record["base"])
         ratio = ""
