@@ -307,7 +307,8 @@ def to_markdown(results: dict) -> str:
         "medians without each stage's first step (reported apart); TRL's default gradient checkpointing is on.",
         "",
     ]
-    records = {record["name"]: record for record in results["records"]}
+    failed = [record for record in results["records"] if "error" in record]
+    records = {record["name"]: record for record in results["records"] if "error" not in record}
     summary_rows = []
     for name, record in records.items():
         steps = record["stages"]
@@ -355,6 +356,7 @@ def to_markdown(results: dict) -> str:
         "logits; bf16 logits carry rounding of ~0.4% of their value, so small moves compare loosely there.",
         "",
     ]
+    lines += [f"**{record['name']} failed**: `{record['error']}`\n" for record in failed]
     for name, record in records.items():
         if record["kind"] != "curriculum":
             continue
@@ -420,8 +422,15 @@ def main(argv=None):
         base_dir = save_random_base(shapes, os.path.join(work_dir, "base"), device)
         for name in args.runs:
             print(f"[bench_gpu] {name} ...", flush=True)
-            records.append(run_one(name, base_dir, rows, tokenizer, args, work_dir, device))
-            print(f"[bench_gpu] {name}: {records[-1]['wall_s']:.1f} s {records[-1].get('export', '')}", flush=True)
+            try:
+                records.append(run_one(name, base_dir, rows, tokenizer, args, work_dir, device))
+            except Exception as error:  # one failed setting (e.g. no bitsandbytes build for this GPU) is reported
+                if args.smoke:
+                    raise
+                records.append({"name": name, "error": f"{type(error).__name__}: {error}"})
+                gc.collect()
+                torch.cuda.empty_cache()
+            print(f"[bench_gpu] {name}: {records[-1]}"[:2000], flush=True)
     results = {
         "device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke run, tiny shapes)",
         "model": "Llama-3.2-1B shapes" if not args.smoke else "tiny Llama (smoke)",
