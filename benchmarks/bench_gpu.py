@@ -16,9 +16,12 @@ The curriculum on a GPU, in the precisions users train in: a model with the shap
 config alone, random weights: no hub needed) trains the 5-stage B5 curriculum (replay, ranks 256 -> 16, alpha = 2r)
 for a few steps per stage, next to `SFTTrainer` (rank 32, the paper's direct baseline) for the same number of steps:
 
-- `bf16`: bf16 base, `adapter_transition="auto"` (stack: finished adapters stay frozen beside the new one);
-- `bf16 merge`: bf16 base, `adapter_transition="merge"` (what the first release did: faster later stages, learning
-  rounded away);
+- `b5_bf16`: bf16 base under bf16 autocast, `adapter_transition="auto"`, which resolves to `"fp32_merge"` (the
+  targeted weights are upcast to fp32 at the first transition, then every finished adapter is merged exactly);
+- `b5_bf16_stack`: the same with `"stack"` (finished adapters stay frozen beside the new one: no extra memory, but
+  every later step computes them);
+- `b5_bf16_merge`: the same with `"merge"` (what the first release did: merged into bf16 weights, learning rounded
+  away);
 - `4-bit`: NF4 double-quantised base with bf16 compute (QLoRA, as in the paper), stack.
 
 Per stage it reports the step time, tokens/s, the peak GPU memory, the transition time (retire the finished adapter,
@@ -95,6 +98,7 @@ RUNS = {
     # name: (kind, base, adapter_transition)
     "sft_bf16": ("sft", "bf16", None),
     "b5_bf16": ("curriculum", "bf16", "auto"),
+    "b5_bf16_stack": ("curriculum", "bf16", "stack"),
     "b5_bf16_merge": ("curriculum", "bf16", "merge"),
     "sft_4bit": ("sft", "4bit", None),
     "b5_4bit": ("curriculum", "4bit", "auto"),

@@ -25,6 +25,7 @@ from trl_plrs.adapters import (
     choose_adapter_transition,
     concatenate_lora_adapters,
     export_mismatch,
+    upcast_base_weights,
     freeze_adapter_as,
     lora_layers,
     merge_adapter_into_base,
@@ -190,18 +191,33 @@ def test_concatenation_honours_rslora_scaling(tokenizer, batch, tmp_path):
 
 
 def test_choose_adapter_transition():
-    assert choose_adapter_transition("auto", {torch.float32}, quantized=False, trained_in_half_precision=False) == (
-        "merge"
-    )
-    for dtypes in ({torch.bfloat16}, {torch.float16}, {torch.float32, torch.bfloat16}):
-        assert choose_adapter_transition("auto", dtypes, False, False) == "stack"
-    assert choose_adapter_transition("auto", {torch.float32}, quantized=True, trained_in_half_precision=False) == (
-        "stack"
-    )
-    # DeepSpeed with bf16/fp16 casts fp32-loaded weights to 16 bits when it wraps the model.
-    assert choose_adapter_transition("auto", {torch.float32}, False, trained_in_half_precision=True) == "stack"
-    assert choose_adapter_transition("merge", {torch.bfloat16}, False, False) == "merge"
-    assert choose_adapter_transition("stack", {torch.float32}, False, False) == "stack"
+    fp32, bf16, fp16 = {torch.float32}, {torch.bfloat16}, {torch.float16}
+
+    def auto(dtypes, quantized=False, sharded_engine=False, autocast=False):
+        return choose_adapter_transition("auto", dtypes, quantized, sharded_engine, autocast)
+
+    assert auto(fp32) == auto(fp32, autocast=True) == auto(fp32, sharded_engine=True) == "merge"
+    # 16-bit weights under autocast: upcast the targeted weights, then merge exactly.
+    assert auto(bf16, autocast=True) == auto(fp16, autocast=True) == "fp32_merge"
+    # 16-bit weights without autocast could not run an fp32 weight: keep the finished adapters instead.
+    assert auto(bf16) == auto(fp16) == auto({torch.float32, torch.bfloat16}) == "stack"
+    assert auto(fp32, quantized=True) == auto(bf16, quantized=True, autocast=True) == "stack"
+    # DeepSpeed (or FSDP) with bf16/fp16 owns the weights and casts them to 16 bits.
+    assert auto(fp32, sharded_engine=True, autocast=True) == auto(bf16, sharded_engine=True, autocast=True) == "stack"
+    for requested in ("merge", "fp32_merge", "stack"):
+        assert choose_adapter_transition(requested, bf16, False, False, False) == requested
+
+
+def test_upcast_base_weights_is_exact_and_idempotent():
+    model = get_peft_model(build_tiny_model(build_tokenizer(), dtype=torch.bfloat16), lora_config(8))
+    before = {id(layer): layer.get_base_layer().weight.detach().clone() for layer in lora_layers(model)}
+    upcast = upcast_base_weights(model)
+    assert upcast == sum(weight.numel() for weight in before.values())
+    for layer in lora_layers(model):
+        weight = layer.get_base_layer().weight
+        assert weight.dtype == torch.float32 and not weight.requires_grad
+        assert torch.equal(weight.to(torch.bfloat16), before[id(layer)])
+    assert upcast_base_weights(model) == 0
 
 
 def test_merge_reports_the_share_rounded_away():
@@ -238,14 +254,23 @@ def _train_at_paper_learning_rate(tmp_path, tokenizer, dtype, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "dtype, transition", [(torch.bfloat16, "stack"), (torch.float16, "stack"), (torch.float32, "merge")]
+    "dtype, autocast, transition",
+    [
+        (torch.bfloat16, False, "stack"),
+        (torch.float16, False, "stack"),
+        (torch.bfloat16, True, "fp32_merge"),
+        (torch.float32, False, "merge"),
+        (torch.float32, True, "merge"),
+    ],
 )
-def test_default_transition_keeps_every_stage_in_any_dtype(tmp_path, tokenizer, dtype, transition):
-    trainer, mismatch = _train_at_paper_learning_rate(tmp_path, tokenizer, dtype)
+def test_default_transition_keeps_every_stage_in_any_dtype(tmp_path, tokenizer, dtype, autocast, transition):
+    trainer, mismatch = _train_at_paper_learning_rate(tmp_path, tokenizer, dtype, bf16=autocast)
     assert trainer.adapter_transition == transition
+    if transition == "fp32_merge":
+        assert {layer.get_base_layer().weight.dtype for layer in lora_layers(trainer.model)} == {torch.float32}
     assert len(mismatch) == 14  # 7 projections x 2 layers
     # The live model (base + active adapters) is the original base + the exported adapter, layer by layer: at most
-    # 5% of the exported delta apart (measured: 0 in stack mode, ~1e-6 for fp32 merges).
+    # 5% of the exported delta apart (measured: 0 in stack mode, ~1e-7 for fp32 merges, upcast ones included).
     assert max(mismatch.values()) <= 0.05, mismatch
 
 
@@ -255,7 +280,7 @@ def test_explicit_merge_into_bf16_warns_with_the_share_lost(tmp_path, tokenizer,
             tmp_path, tokenizer, torch.bfloat16, adapter_transition="merge"
         )
     assert trainer.adapter_transition == "merge"
-    assert "`adapter_transition='merge'` with base weights in torch.bfloat16" in caplog.text
+    assert "`adapter_transition='merge'` with bfloat16 base weights" in caplog.text
     assert "rounded away" in caplog.text
     losses = [summary["merge_rounding_loss"] for summary in trainer.stage_summaries[:-1]]
     assert all(loss > 0.3 for loss in losses), losses  # what the warning reports, kept in the run summary

@@ -66,7 +66,8 @@ def test_gpu_benchmark_smoke_on_cpu(benchmarks_on_path, tmp_path):
     results = bench_gpu.main(["--smoke", "--output_dir", str(tmp_path)])
     records = {record["name"]: record for record in results["records"]}
     assert set(records) == set(bench_gpu.RUNS)
-    assert [len(record["stages"]) for record in records.values() if record["kind"] == "curriculum"] == [5, 5, 5]
+    assert [len(record["stages"]) for record in records.values() if record["kind"] == "curriculum"] == [5] * 4
+    # On CPU the smoke run trains without autocast, so "auto" stacks on the bf16 base.
     assert records["b5_bf16"]["adapter_transition"] == "stack" and records["b5_4bit"]["adapter_transition"] == "stack"
     # The export check measures something: exact for the default transition, learning lost for a bf16 merge.
     assert records["b5_bf16"]["export"]["max_layer_mismatch"] < 0.05

@@ -84,27 +84,49 @@ def _adapter_params(layer: LoraLayer, adapter_name: str) -> list[nn.Parameter]:
 
 
 def choose_adapter_transition(
-    requested: str, base_dtypes: set[torch.dtype], quantized: bool, trained_in_half_precision: bool
+    requested: str, base_dtypes: set[torch.dtype], quantized: bool, sharded_engine: bool, autocast: bool
 ) -> str:
     """
     The transition a curriculum uses: `requested`, or for `"auto"` the one that keeps every stage's learning.
 
     Merging adds each stage's update to the base weights; in bf16 (8 bits of mantissa) an update much smaller than
-    the weight rounds to nothing, so most of a LoRA stage's learning at a typical learning rate is lost (and fp16
-    loses a share too). `"auto"` therefore merges only into fp32 weights that train in fp32, and keeps finished
-    adapters frozen beside the new one (`"stack"`, exact on any base) otherwise.
+    the weight rounds to nothing, so most of a LoRA stage's learning at a typical learning rate is lost (fp16 loses a
+    share too). `"auto"` therefore merges into fp32 weights only: as they are (`"merge"`), or after upcasting the
+    LoRA-targeted 16-bit weights to fp32 when training runs under autocast (`"fp32_merge"`: 2 more bytes per targeted
+    weight, merged steps as fast as a plain LoRA run); it keeps finished adapters frozen beside the new one
+    (`"stack"`: exact on any base, no extra memory, but every later step computes the frozen adapters too) on a
+    quantized base, under a sharding engine (DeepSpeed, FSDP), or on 16-bit weights without autocast.
 
     Args:
-        requested (`str`): `"auto"`, `"merge"` or `"stack"`.
+        requested (`str`): `"auto"`, `"merge"`, `"fp32_merge"` or `"stack"`.
         base_dtypes (`set[torch.dtype]`): dtypes of the LoRA-targeted base weights.
         quantized (`bool`): whether the base is 4-bit or 8-bit.
-        trained_in_half_precision (`bool`): whether the engine casts the weights to bf16/fp16 for training
-            (DeepSpeed with `bf16`/`fp16`), whatever their dtype now.
+        sharded_engine (`bool`): whether DeepSpeed or FSDP own the weights (their dtype and layout are the engine's;
+            DeepSpeed with bf16/fp16 casts fp32-loaded weights to 16 bits).
+        autocast (`bool`): whether training runs under autocast (`bf16`/`fp16` without DeepSpeed), which runs an
+            fp32 weight in 16-bit matmuls.
     """
     if requested != "auto":
         return requested
-    full_precision = base_dtypes <= {torch.float32, torch.float64}
-    return "merge" if full_precision and not quantized and not trained_in_half_precision else "stack"
+    if quantized:
+        return "stack"
+    if base_dtypes <= {torch.float32, torch.float64}:
+        return "merge" if not (sharded_engine and autocast) else "stack"
+    return "fp32_merge" if autocast and not sharded_engine else "stack"
+
+
+def upcast_base_weights(model: nn.Module) -> int:
+    """
+    Make every LoRA-targeted base weight fp32 (in place; bf16 and fp16 values are exact in fp32), so that merges into
+    it are exact. Returns the number of weights upcast. Under autocast the layer still runs its matmul in 16 bits.
+    """
+    upcast = 0
+    for layer in lora_layers(model):
+        weight = layer.get_base_layer().weight
+        if weight.dtype in (torch.bfloat16, torch.float16):
+            weight.data = weight.data.to(torch.float32)
+            upcast += weight.numel()
+    return upcast
 
 
 def merge_adapter_into_base(model: PeftModel, adapter_name: str = DEFAULT_ADAPTER) -> float:
@@ -280,7 +302,9 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     [`export_mismatch`] needs.
     """
     return {
-        name: dequantize_module_weight(module.get_base_layer()).detach().to(device="cpu", dtype=torch.float32)
+        name: dequantize_module_weight(module.get_base_layer())
+        .detach()
+        .to(device="cpu", dtype=torch.float32, copy=True)
         for name, module in model.named_modules()
         if isinstance(module, LoraLayer)
     }

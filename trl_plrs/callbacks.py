@@ -34,6 +34,7 @@ from .adapters import (
     merge_adapter_into_base,
     stage_adapter_name,
     stage_lora_config,
+    upcast_base_weights,
 )
 from .curriculum import Stage
 
@@ -47,6 +48,7 @@ logger = get_logger(__name__)
 STAGE_EVENTS = ("on_stage_begin", "on_stage_end")
 # Share of a merged update rounded away above which a merge warns (fp32 weights lose ~1e-7, bf16 ones up to ~0.8).
 MERGE_LOSS_WARNING_THRESHOLD = 0.01
+MERGE_TRANSITIONS = ("merge", "fp32_merge")
 
 
 def stage_dir(output_dir: str, stage_index: int) -> str:
@@ -196,7 +198,8 @@ class PLRSCallback(CurriculumCallback):
     over and over.
 
     At the beginning of stage k > 0 the finished adapter is merged into the base weights (the trainer's resolved
-    `adapter_transition` is `"merge"`) or kept frozen and active as `stage_{k-1}` (`"stack"`), then a fresh adapter of rank `lora_ranks[k]` is added as
+    `adapter_transition` is `"merge"`, or `"fp32_merge"`, which first upcasts the targeted weights to fp32) or kept
+    frozen and active as `stage_{k-1}` (`"stack"`), then a fresh adapter of rank `lora_ranks[k]` is added as
     the only trainable one, the stage's rows (its levels plus the replay) become the training set, and the optimizer
     and learning-rate scheduler are dropped so that the trainer builds new ones over the new adapter alone.
     """
@@ -230,7 +233,7 @@ class PLRSCallback(CurriculumCallback):
         trainer = self.trainer
         model = trainer.model
         finished_index = trainer.curriculum_state.adapter_stage
-        if trainer.adapter_transition == "merge":
+        if trainer.adapter_transition in MERGE_TRANSITIONS:
             self._merge(finished_index)
         else:
             frozen_name = stage_adapter_name(finished_index)
@@ -239,6 +242,8 @@ class PLRSCallback(CurriculumCallback):
         self._add_fresh_adapter(stage)
 
     def _merge(self, finished_index: int) -> None:
+        if self.trainer.adapter_transition == "fp32_merge":
+            upcast_base_weights(self.trainer.model)  # once: later calls find the weights in fp32 already
         lost = merge_adapter_into_base(self.trainer.model)
         for summary in self.trainer.stage_summaries:
             if summary["stage"] == finished_index:
@@ -286,7 +291,7 @@ class PLRSCallback(CurriculumCallback):
                     f"Cannot resume at stage {stage_index}: the adapter of finished stage {finished.index} is missing "
                     f"from {path}. Resume with the `output_dir` of the run that wrote the checkpoint."
                 )
-            if trainer.adapter_transition == "merge":
+            if trainer.adapter_transition in MERGE_TRANSITIONS:
                 model.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
                 self._merge(finished.index)
             else:

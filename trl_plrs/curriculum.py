@@ -49,7 +49,7 @@ def dataset_levels(dataset, column: str) -> list[int | None]:
     return [parse_level(value) for value in dataset[column][:]]
 
 
-ADAPTER_TRANSITIONS = ("auto", "merge", "stack")
+ADAPTER_TRANSITIONS = ("auto", "merge", "fp32_merge", "stack")
 REPLAY_MODES = ("none", "full")
 
 

@@ -26,6 +26,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig
+from torch import nn
 from transformers import PreTrainedModel, TrainerState
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput, speed_metrics
@@ -229,40 +230,44 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.stage_evaluation = install_stage_evaluation(self)
 
     def _resolve_adapter_transition(self) -> str:
-        """`args.adapter_transition`, with `"auto"` resolved from the dtype the targeted base weights train in."""
+        """`args.adapter_transition`, with `"auto"` resolved from how the targeted base weights train."""
         args = self.args
         layers = list(lora_layers(self.model))
-        unsupported = sorted({type(layer.get_base_layer()).__name__ for layer in layers if not _is_linear(layer)})
-        if unsupported:
-            raise ValueError(
-                f"`peft_config.target_modules` ({self.stage_peft_config.target_modules!r}) targets layers of type "
-                f"{unsupported} (e.g. `embed_tokens` or `lm_head` as an embedding): their LoRA adapters cannot be "
-                "carried across stages exactly. Target the linear projections only, e.g. `target_modules="
-                "'all-linear'` (which leaves out `lm_head`)."
-            )
+        _check_lora_targets(self.model, layers, self.stage_peft_config)
         base_dtypes = {layer.get_base_layer().weight.dtype for layer in layers}
-        half_precision_engine = args.deepspeed_plugin is not None and (args.bf16 or args.fp16)
+        sharded_engine = args.deepspeed_plugin is not None or bool(args.fsdp)
+        autocast = bool(args.bf16 or args.fp16)
         transition = choose_adapter_transition(
-            args.adapter_transition, base_dtypes, self.is_quantized, half_precision_engine
+            args.adapter_transition, base_dtypes, self.is_quantized, sharded_engine, autocast
         )
-        trained_in = "4-bit/8-bit" if self.is_quantized else ", ".join(sorted(str(dtype) for dtype in base_dtypes))
-        if half_precision_engine:
-            trained_in += " cast to bf16/fp16 by DeepSpeed"
+        weights = "4-bit/8-bit" if self.is_quantized else "/".join(sorted(str(d).split(".")[-1] for d in base_dtypes))
+        if transition == "fp32_merge" and (self.is_quantized or sharded_engine or not autocast):
+            raise ValueError(
+                f"`adapter_transition='fp32_merge'` upcasts the targeted {weights} base weights to fp32 and needs "
+                "training under autocast (`bf16=True` or `fp16=True`) without DeepSpeed or FSDP (which own the "
+                "weights' dtype) and an unquantized base. Use `adapter_transition='auto'`, which picks what fits."
+            )
+        described = {
+            "merge": "merged into the base weights",
+            "fp32_merge": "merged into the targeted base weights after upcasting them to fp32 (2 more bytes per "
+            "targeted weight; a 16-bit merge would round most of each stage away)",
+            "stack": "kept frozen and active beside the new one",
+        }
         if args.adapter_transition == "auto":
-            reason = (
-                "merged into them exactly"
-                if transition == "merge"
-                else "kept as frozen adapters beside the new one (a merge would round most of each stage away)"
-            )
             logger.info(
-                f"`adapter_transition='auto'`: the targeted base weights are {trained_in}, so finished "
-                f"adapters are {reason}."
+                f"`adapter_transition='auto'`: the targeted base weights are {weights}"
+                f"{', trained by ' + ('DeepSpeed' if args.deepspeed_plugin else 'FSDP') if sharded_engine else ''}"
+                f"{' under autocast' if autocast else ''}, so finished adapters are {described[transition]} "
+                f"('{transition}')."
             )
-        elif transition == "merge" and (half_precision_engine or not base_dtypes <= {torch.float32, torch.float64}):
+        elif transition == "merge" and (
+            not base_dtypes <= {torch.float32, torch.float64} or (sharded_engine and autocast)
+        ):
             logger.warning(
-                f"`adapter_transition='merge'` with base weights in {trained_in}: merging a stage's update into "
-                "16-bit weights rounds most of it away (each merge logs how much). Use `adapter_transition='auto'` "
-                "(the default) or 'stack', or load the base in float32."
+                f"`adapter_transition='merge'` with {weights} base weights"
+                f"{' cast to 16 bits by the engine' if sharded_engine and autocast else ''}: merging a stage's update "
+                "into 16-bit weights rounds most of it away (each merge logs how much). Use "
+                "`adapter_transition='auto'` (the default), 'fp32_merge' or 'stack', or load the base in float32."
             )
         return transition
 
@@ -610,9 +615,37 @@ def _check_peft_config(model, peft_config) -> None:
             )
 
 
-def _is_linear(layer) -> bool:
+def _check_lora_targets(model, layers, peft_config: LoraConfig) -> None:
+    """Refuse LoRA targets whose adapters cannot be carried across stages exactly."""
     # A quantized base keeps its `Linear4bit`/`Linear8bitLt`, subclasses of `nn.Linear`.
-    return isinstance(layer.get_base_layer(), torch.nn.Linear)
+    unsupported = sorted(
+        {
+            type(layer.get_base_layer()).__name__
+            for layer in layers
+            if not isinstance(layer.get_base_layer(), nn.Linear)
+        }
+    )
+    if unsupported:
+        raise ValueError(
+            f"`peft_config.target_modules` ({peft_config.target_modules!r}) targets layers of type {unsupported} (e.g. "
+            "`embed_tokens`): their LoRA adapters cannot be carried across stages exactly. Target the linear "
+            "projections only, e.g. `target_modules='all-linear'` (which leaves out `lm_head`)."
+        )
+    output_embeddings = model.get_output_embeddings()
+    input_embeddings = model.get_input_embeddings()
+    tied = output_embeddings is not None and input_embeddings is not None
+    tied = tied and _base_weight(output_embeddings) is _base_weight(input_embeddings)
+    if tied and any(layer is output_embeddings for layer in layers):
+        raise ValueError(
+            f"`peft_config.target_modules` ({peft_config.target_modules!r}) targets `lm_head`, whose weight is tied to "
+            "the input embeddings: merging a stage into it would change the embeddings too. Leave `lm_head` out "
+            "(`target_modules='all-linear'` does)."
+        )
+
+
+def _base_weight(module):
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return base.weight
 
 
 def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list[int]]:
