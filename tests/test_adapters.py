@@ -25,11 +25,11 @@ from trl_plrs.adapters import (
     choose_adapter_transition,
     concatenate_lora_adapters,
     export_mismatch,
-    upcast_base_weights,
     freeze_adapter_as,
     lora_layers,
     merge_adapter_into_base,
     trainable_adapter_names,
+    upcast_base_weights,
 )
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 

@@ -20,6 +20,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
@@ -179,3 +180,19 @@ def test_run_baselines_writes_one_table(tmp_path):
     assert "| B1 | direct |" in markdown and "| B5 | replay_shrink |" in markdown
     assert csv_text.splitlines()[0].startswith("baseline,preset,")
     assert "EM L1" in markdown
+
+
+def test_qlora_recipe_has_the_papers_quantization_optimizer_and_precision(train_plrs):
+    from trl import get_quantization_config
+
+    recipe = os.path.join(REPO_ROOT, "examples", "configs", "b5_replay_shrink_qlora.yaml")
+    _, training_args, model_args = parse(train_plrs, ["--config", recipe, "--use_cpu", "true", "--fp16", "false"])
+    quantization = get_quantization_config(model_args)
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant
+    assert quantization.bnb_4bit_compute_dtype == torch.float16
+    assert training_args.optim == "paged_adamw_8bit"
+    assert training_args.adapter_transition == "auto"  # stack on a 4-bit base
+    with open(recipe) as file:
+        recipe_values = yaml.safe_load(file)
+    assert recipe_values["fp16"] is True and recipe_values["bf16"] is False
