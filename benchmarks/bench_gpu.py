@@ -211,6 +211,7 @@ def run_one(name, base_dir, rows, tokenizer, args, work_dir, device) -> dict:
             callbacks=[clock, memory],
         )
     else:
+        live = LiveModelCheck()
         trainer = TimedCurriculumTrainer(
             model,
             args=PLRSConfig(
@@ -221,11 +222,11 @@ def run_one(name, base_dir, rows, tokenizer, args, work_dir, device) -> dict:
             train_dataset=rows,
             processing_class=tokenizer,
             peft_config=LoraConfig(**lora),
-            callbacks=[memory],
+            callbacks=[memory, live],
         )
+        live.trainer, live.original = trainer, base_weights(trainer.model)
         trainer.add_callback(clock)
         trainer.clock = clock
-    original = base_weights(trainer.model) if kind == "curriculum" else None
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
@@ -256,7 +257,7 @@ def run_one(name, base_dir, rows, tokenizer, args, work_dir, device) -> dict:
                     "merge_rounding_loss": summary.get("merge_rounding_loss"),
                 }
             )
-        record["export"] = export_check(trainer, original, base_dir, base, tokenizer, device)
+        record["export"] = export_check(trainer, live, base_dir, base, device)
     del trainer, model
     gc.collect()
     if torch.cuda.is_available():
@@ -276,26 +277,43 @@ def _step_stats(step_seconds: list[float], tokens_per_step: int) -> dict:
     return {"first_step_s": step_seconds[0], "step_s": median, "tokens_per_s": tokens_per_step / median}
 
 
-def export_check(trainer, original, base_dir, base, tokenizer, device) -> dict:
-    """How far the live model is from the original base + the exported combined adapter."""
-    check = {}
-    if original is not None:
-        mismatch = export_mismatch(trainer.model, original, trainer.args.output_dir)
-        check["max_layer_mismatch"] = max(mismatch.values())
-    probe = torch.randint(4, 512, (2, 64), generator=torch.Generator().manual_seed(1)).to(device)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        live = model(input_ids=probe).logits.float()
-    del model
+PROBE = torch.randint(4, 512, (2, 64), generator=torch.Generator().manual_seed(1))
+
+
+class LiveModelCheck(CurriculumCallback):
+    """
+    At the last stage's end, while the stages' adapters are live (after `train()` the trainer replaces them by the
+    exported adapter): `export_mismatch` against the stage adapters, and the logits on a probe batch.
+    """
+
+    def __init__(self):
+        self.trainer, self.original, self.check = None, None, {}
+
+    def on_stage_end(self, args, state, control, stage, model, **kwargs):
+        trainer = self.trainer
+        if stage.index != len(trainer.stages) - 1:
+            return
+        stage_dirs = [os.path.join(args.output_dir, f"stage-{k}") for k in range(len(trainer.stages))]
+        self.check["max_layer_mismatch"] = max(export_mismatch(model, self.original, stage_dirs).values())
+        model.eval()
+        with torch.no_grad():
+            self.check["live_logits"] = model(input_ids=PROBE.to(model.device)).logits.float().cpu()
+        model.train()
+
+
+def export_check(trainer, live: LiveModelCheck, base_dir, base, device) -> dict:
+    """The live model at the last stage's end vs the original base + the exported combined adapter."""
+    check = {"max_layer_mismatch": live.check["max_layer_mismatch"]}
+    live_logits = live.check["live_logits"]
     trainer.model = None
     gc.collect()
     fresh = PeftModel.from_pretrained(load_base(base_dir, base, device), trainer.args.output_dir).eval()
     with torch.no_grad():
-        reloaded = fresh(input_ids=probe).logits.float()
+        reloaded = fresh(input_ids=PROBE.to(device)).logits.float().cpu()
         with fresh.disable_adapter():
-            untrained = fresh(input_ids=probe).logits.float()
-    check["logits_max_abs_difference"] = float((reloaded - live).abs().max())
-    check["logits_moved_by_training"] = float((live - untrained).abs().max())
+            untrained = fresh(input_ids=PROBE.to(device)).logits.float().cpu()
+    check["logits_max_abs_difference"] = float((reloaded - live_logits).abs().max())
+    check["logits_moved_by_training"] = float((live_logits - untrained).abs().max())
     del fresh
     return check
 

@@ -94,6 +94,20 @@ def test_build_stages_alpha_ratio():
     assert [stage.lora_alpha for stage in stages] == [32.0, 8.0]
 
 
+def test_build_stages_keeps_the_users_alpha_ratio_by_default():
+    # LoraConfig(r=8, lora_alpha=32): alpha = 4r at every stage, whatever its rank.
+    stages = build_stages([1, 2], None, [64, 16], lora_alpha_ratio=None, default_rank=8, default_alpha=32)
+    assert [stage.lora_alpha for stage in stages] == [256.0, 64.0]
+    # One stage at the config's rank trains with the config's own alpha, as SFTTrainer would.
+    (stage,) = build_stages([1], None, None, lora_alpha_ratio=None, default_rank=8, default_alpha=32)
+    assert (stage.lora_rank, stage.lora_alpha) == (8, 32.0)
+    # Presets keep the paper's alpha = 2r unless the ratio is set.
+    stages = build_stages([1, 2, 3, 4, 5], None, None, None, default_rank=8, default_alpha=32, preset="replay_shrink")
+    assert [stage.lora_alpha for stage in stages] == [512.0, 256.0, 128.0, 64.0, 32.0]
+    stages = build_stages([1, 2, 3, 4, 5], None, None, 1.0, default_rank=8, default_alpha=32, preset="replay_shrink")
+    assert [stage.lora_alpha for stage in stages] == [256.0, 128.0, 64.0, 32.0, 16.0]
+
+
 def test_build_stages_groups_levels():
     stages = build_stages([1, 2, 3, 4, 5], [[1, 2], [3], [4, 5]], [32], 2.0, default_rank=8, default_alpha=16)
     assert [stage.levels for stage in stages] == [(1, 2), (3,), (4, 5)]

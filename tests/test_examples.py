@@ -74,7 +74,7 @@ def test_recipe_parses_with_the_paper_settings(train_plrs, recipe):
     assert training_args.num_train_epochs == 5
     assert training_args.learning_rate == 5e-5
     assert training_args.warmup_steps == 0.1
-    assert training_args.lora_alpha_ratio == 2.0
+    assert training_args.lora_alpha_ratio is None  # the preset's alpha = 2r
     assert training_args.seed == 7
     assert training_args.max_length == 512
     assert training_args.early_stopping_patience == 2

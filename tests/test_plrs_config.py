@@ -28,7 +28,7 @@ def test_defaults():
     assert config.curriculum_stages is None
     assert config.replay is None  # resolved to the preset's value, or "full", by the trainer
     assert config.lora_ranks is None
-    assert config.lora_alpha_ratio == 2.0
+    assert config.lora_alpha_ratio is None  # 2.0 with a preset, else the peft_config's lora_alpha / r
     assert config.adapter_transition == "auto"
     assert config.drop_unknown_levels is True
 
@@ -81,6 +81,7 @@ def test_python_values():
         ({"adapter_transition": "swap"}, "`adapter_transition` must be one of .* but the value passed is 'swap'"),
         ({"lora_alpha_ratio": 0.0}, "`lora_alpha_ratio` must be a positive number, but the value passed is 0.0"),
         ({"lora_alpha_ratio": -2.0}, "`lora_alpha_ratio` must be a positive number"),
+        ({"lora_alpha_ratio": "two"}, "`lora_alpha_ratio` must be a positive number, but the value passed is 'two'"),
         (
             {"replay": "half"},
             "`replay` must be 'none', 'full' or a fraction in \\(0, 1\\], but the value passed is 'half'",
@@ -88,9 +89,12 @@ def test_python_values():
         ({"replay": 1.5}, "`replay` must be 'none', 'full' or a fraction"),
         ({"lora_ranks": [64, 0]}, "`lora_ranks` must hold positive integers"),
         ({"curriculum_stages": [[1], [1, 2]]}, "`curriculum_stages` names a level in more than one stage"),
-        ({"packing": True}, "`packing=True` is not supported by the curriculum"),
     ],
 )
 def test_invalid_values_raise_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_config(**kwargs)
+
+
+def test_alpha_ratio_from_yaml_string_is_a_number():
+    assert make_config(lora_alpha_ratio="2").lora_alpha_ratio == 2.0

@@ -141,25 +141,45 @@ def relative_error(grads, reference) -> float:
 
 
 class FrozenAdapterSnapshot(CurriculumCallback):
-    """Copies of every frozen adapter's weights, taken when each stage begins."""
+    """
+    Copies of every frozen adapter's weights when each stage begins; at the last stage's end (after its evaluation
+    per level, while the stage adapters are live: `train()` then replaces them by the exported adapter), the frozen
+    adapters again, the gradient check against the dequantized fp32 model, and the logits of a probe batch.
+    """
 
-    def __init__(self):
-        self.snapshots = []
+    def __init__(self, batch):
+        self.batch, self.trainer = batch, None
+        self.snapshots, self.final_frozen, self.gradient_error, self.live_logits = [], None, None, None
+
+    @staticmethod
+    def frozen(model):
+        return {
+            name: param.detach().clone()
+            for name, param in model.named_parameters()
+            if ".lora_" in name and ".stage_" in name
+        }
 
     def on_stage_begin(self, args, state, control, stage, model, **kwargs):
-        self.snapshots.append(
-            {
-                name: param.detach().clone()
-                for name, param in model.named_parameters()
-                if ".lora_" in name and ".stage_" in name
-            }
+        self.snapshots.append(self.frozen(model))
+
+    def on_stage_end(self, args, state, control, stage, model, **kwargs):
+        if stage.index != len(self.trainer.stages) - 1:
+            return
+        self.final_frozen = self.frozen(model)
+        self.gradient_error = relative_error(
+            adapter_gradients(model, self.batch), reference_gradients(model, self.batch)
         )
+        model.eval()
+        with torch.no_grad():
+            self.live_logits = model(**self.batch).logits
+        model.train()
 
 
 def train_stack_curriculum(tmp_path, tokenizer, base_dir, quantization, **kwargs):
     model = load_quantized(base_dir, quantization)
     before = quantized_state(model)
-    snapshot = FrozenAdapterSnapshot()
+    batch = tokenizer(["What is 3 + 4?", "What is 12 + 30?"], return_tensors="pt", padding=True)
+    snapshot = FrozenAdapterSnapshot(batch)
     dataset = make_leveled_dataset()
     args = make_args(
         tmp_path / quantization,
@@ -179,6 +199,7 @@ def train_stack_curriculum(tmp_path, tokenizer, base_dir, quantization, **kwargs
         peft_config=lora_config(lora_dropout=0.0),
         callbacks=[snapshot],
     )
+    snapshot.trainer = trainer
     trainer.train()
     return trainer, before, snapshot
 
@@ -199,7 +220,8 @@ def test_stack_curriculum_on_a_quantized_base(tmp_path, tokenizer, base_dir, qua
         assert torch.equal(after[name], before[name]), name
 
     # Frozen adapters are bit-identical from the stage after they were frozen to the end, and equal to their saved files.
-    final = {name: param.detach() for name, param in model.named_parameters() if ".lora_" in name}
+    final = snapshot.final_frozen
+    assert len(final) == 2 * 2 * 14  # stage_0 and stage_1: A and B of 7 projections x 2 layers
     for stage_snapshot in snapshot.snapshots:
         for name, value in stage_snapshot.items():
             assert torch.equal(final[name], value), name
@@ -211,19 +233,19 @@ def test_stack_curriculum_on_a_quantized_base(tmp_path, tokenizer, base_dir, qua
 
     # The LoRA gradients of the quantized model equal those of an fp32 model built from the dequantized weights:
     # after the per-level evaluations, which repack 4-bit weights on AVX512-BF16 CPUs unless the trainer prevents it.
-    batch = trainer.processing_class(["What is 3 + 4?", "What is 12 + 30?"], return_tensors="pt", padding=True)
-    assert relative_error(adapter_gradients(model, batch), reference_gradients(model, batch)) < GRADIENT_RTOL
+    assert snapshot.gradient_error < GRADIENT_RTOL
 
-    # The combined adapter on a freshly loaded quantized base reproduces the trained model.
-    model.eval()
-    with torch.no_grad():
-        live = model(**batch).logits
+    # The combined adapter on a freshly loaded quantized base reproduces the trained model; so does `trainer.model`,
+    # which after `train()` is the base with that adapter.
+    batch = snapshot.batch
     fresh = PeftModel.from_pretrained(load_quantized(base_dir, quantization), trainer.args.output_dir).eval()
     with torch.no_grad():
         reloaded = fresh(**batch).logits
+        final_model = model.eval()(**batch).logits
         untrained = load_quantized(base_dir, quantization)(**batch).logits
-    torch.testing.assert_close(reloaded, live, rtol=0, atol=EXPORT_ATOL)
-    assert (live - untrained).abs().max() > 20 * EXPORT_ATOL
+    torch.testing.assert_close(reloaded, snapshot.live_logits, rtol=0, atol=EXPORT_ATOL)
+    torch.testing.assert_close(final_model, snapshot.live_logits, rtol=0, atol=EXPORT_ATOL)
+    assert (snapshot.live_logits - untrained).abs().max() > 20 * EXPORT_ATOL
 
 
 def test_merge_is_refused_on_a_quantized_base(tmp_path, tokenizer, base_dir):

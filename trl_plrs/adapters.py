@@ -310,23 +310,32 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def export_mismatch(model: PeftModel, original_weights: dict[str, torch.Tensor], adapter_dir: str) -> dict[str, float]:
+def export_mismatch(
+    model: PeftModel, original_weights: dict[str, torch.Tensor], adapter_dirs: str | Sequence[str]
+) -> dict[str, float]:
     """
     How far the live model is from what the curriculum exports, per LoRA-targeted layer (any dtype, 4-bit and 8-bit
     bases dequantized; not under ZeRO-3).
 
     For each layer, the live effective weight (current base weight + the delta of every active adapter, in fp32) is
-    compared with the original base weight + the delta of the saved combined adapter in `adapter_dir`:
+    compared with the original base weight + the delta of the exported adapter:
     `||W_live - (W_0 + delta_export)|| / ||delta_export||`. 0 means the exported adapter carries exactly what the model
-    learned; a bf16 merge of small updates gives ~0.8 (most of the learning is only in the export).
+    learned; a bf16 merge of small updates gives ~0.8 (most of the learning is only in the export). Measure it while
+    the stages' adapters are live, e.g. in the last stage's `on_stage_end`: after `train()` the trainer replaces them
+    by the exported adapter itself.
 
     Args:
         model ([`~peft.PeftModel`]): The trained model, with its stage adapters merged or active.
         original_weights (`dict[str, torch.Tensor]`): [`base_weights`] of the model before training.
-        adapter_dir (`str`): Folder of the combined adapter (the curriculum's `output_dir`).
+        adapter_dirs (`str` or `Sequence[str]`): Folder of the combined adapter (the curriculum's `output_dir`), or
+            the stage adapters' folders (`output_dir/stage-{k}`), concatenated here.
     """
-    config = LoraConfig.from_pretrained(adapter_dir)
-    exported = load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS_NAME))
+    if not isinstance(adapter_dirs, str):
+        with tempfile.TemporaryDirectory() as combined_dir:
+            concatenate_lora_adapters(adapter_dirs, combined_dir)
+            return export_mismatch(model, original_weights, combined_dir)
+    config = LoraConfig.from_pretrained(adapter_dirs)
+    exported = load_file(os.path.join(adapter_dirs, ADAPTER_WEIGHTS_NAME))
     mismatch = {}
     for name, layer in model.named_modules():
         if not isinstance(layer, LoraLayer) or name not in original_weights:

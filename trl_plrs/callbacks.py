@@ -212,7 +212,7 @@ class PLRSCallback(CurriculumCallback):
         trainer = self.trainer
         if stage.index > trainer.curriculum_state.adapter_stage:
             self.swap_adapter(stage)
-        trainer.train_dataset = trainer.build_stage_dataset(stage)
+        trainer.train_dataset = trainer.pack_stage_rows(trainer.build_stage_dataset(stage))
         # A new optimizer and scheduler over the new adapter only: the Trainer builds them when these are `None`.
         trainer.optimizer, trainer.lr_scheduler = None, None
         # The model is wrapped again (DDP, DeepSpeed) when training re-enters; reusing the old wrapper would leave the

@@ -49,6 +49,8 @@ def dataset_levels(dataset, column: str) -> list[int | None]:
     return [parse_level(value) for value in dataset[column][:]]
 
 
+# Every preset trains with the paper's alpha = 2r.
+PRESET_LORA_ALPHA_RATIO = 2.0
 ADAPTER_TRANSITIONS = ("auto", "merge", "fp32_merge", "stack")
 REPLAY_MODES = ("none", "full")
 
@@ -192,13 +194,17 @@ def build_stages(
         available_levels (`list[int]`): Distinct levels that have rows in the training data.
         curriculum_stages (`list[list[int]]` or `None`): Levels of each stage, or `None` for the default grouping.
         lora_ranks (`list[int]` or `None`): One rank per stage, or one rank for all stages.
-        lora_alpha_ratio (`float` or `None`): alpha = ratio x rank; `None` keeps `default_alpha`.
+        lora_alpha_ratio (`float` or `None`): alpha = ratio x rank at every stage. `None`: the preset's ratio
+            ([`PRESET_LORA_ALPHA_RATIO`], the paper's alpha = 2r) with a preset, else `default_alpha / default_rank`,
+            the ratio of the user's `peft_config` (so a one-stage curriculum trains with the config's own alpha).
         default_rank (`int`): Rank used when neither `lora_ranks` nor a preset gives one (the `peft_config`'s `r`).
-        default_alpha (`float`): Alpha used when `lora_alpha_ratio` is `None` (the `peft_config`'s `lora_alpha`).
+        default_alpha (`float`): The `peft_config`'s `lora_alpha`.
         preset (`str` or `None`): Name of a preset in [`PRESETS`].
 
     >>> [(s.levels, s.lora_rank, s.lora_alpha) for s in build_stages([1, 2], None, [64, 16], 2.0, 8, 16)]
     [((1,), 64, 128.0), ((2,), 16, 32.0)]
+    >>> [(s.lora_rank, s.lora_alpha) for s in build_stages([1, 2], None, [64, 16], None, 8, 32)]  # the config's 4r
+    [(64, 256.0), (16, 64.0)]
     """
     levels = sorted(set(available_levels))
     if not levels:
@@ -232,12 +238,9 @@ def build_stages(
             f"stages ({[list(s) for s in stage_levels]}). Give one rank per stage, or a single rank for every stage."
         )
 
+    if lora_alpha_ratio is None:
+        lora_alpha_ratio = PRESET_LORA_ALPHA_RATIO if preset_config is not None else default_alpha / default_rank
     return [
-        Stage(
-            index=index,
-            levels=stage,
-            lora_rank=rank,
-            lora_alpha=float(lora_alpha_ratio * rank) if lora_alpha_ratio is not None else float(default_alpha),
-        )
+        Stage(index=index, levels=stage, lora_rank=rank, lora_alpha=float(lora_alpha_ratio * rank))
         for index, (stage, rank) in enumerate(zip(stage_levels, ranks))
     ]

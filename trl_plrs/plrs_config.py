@@ -53,9 +53,10 @@ class PLRSConfig(SFTConfig):
         lora_ranks (`list[int]`, *optional*):
             LoRA rank of each stage's adapter, e.g. `[256, 128, 64, 32, 16]`, or a single rank for every stage. `None`
             takes the preset's ranks, or the `r` of the `peft_config` at every stage without a preset.
-        lora_alpha_ratio (`float` or `None`, *optional*, defaults to `2.0`):
-            Each stage's `lora_alpha` is this ratio times its rank (alpha = 2r, as in the paper). `None` keeps the
-            `lora_alpha` of the `peft_config` at every stage.
+        lora_alpha_ratio (`float` or `None`, *optional*):
+            Each stage's `lora_alpha` is this ratio times its rank. `None`: 2.0 with a `plrs_preset` (alpha = 2r, as
+            in the paper), else the ratio `lora_alpha / r` of the `peft_config` (so `LoraConfig(r=8, lora_alpha=32)`
+            trains every stage with alpha = 4r, and a one-stage curriculum is exactly `SFTTrainer`).
         adapter_transition (`str`, *optional*, defaults to `"auto"`):
             What happens to a finished stage's adapter. `"merge"`: it is merged into the base weights and removed
             before the next stage's adapter is added; exact only into fp32 weights (a bf16 merge rounds most of a
@@ -123,8 +124,11 @@ class PLRSConfig(SFTConfig):
         },
     )
     lora_alpha_ratio: float | None = field(
-        default=2.0,
-        metadata={"help": "lora_alpha = ratio x rank at every stage. `None` keeps the peft_config's lora_alpha."},
+        default=None,
+        metadata={
+            "help": "lora_alpha = ratio x rank at every stage. Default: 2.0 with a preset (the paper's alpha = 2r), "
+            "else the peft_config's lora_alpha / r (with `--use_peft`: `--lora_alpha` / `--lora_r`)."
+        },
     )
     adapter_transition: str = field(
         default="auto",
@@ -187,16 +191,18 @@ class PLRSConfig(SFTConfig):
                 f"`adapter_transition` must be one of {list(ADAPTER_TRANSITIONS)}, but the value passed is "
                 f"{self.adapter_transition!r}. Use 'auto' (the default) to merge into fp32 weights and stack otherwise."
             )
-        if self.lora_alpha_ratio is not None and not self.lora_alpha_ratio > 0:
-            raise ValueError(
-                f"`lora_alpha_ratio` must be a positive number, but the value passed is {self.lora_alpha_ratio!r}. "
-                "Use e.g. 2.0 (alpha = 2r, as in the paper), or None to keep the peft_config's lora_alpha."
-            )
-        if self.packing:
-            raise ValueError(
-                "`packing=True` is not supported by the curriculum: packed sequences mix rows of different levels, "
-                "so stages could not select their rows. Set `packing=False`."
-            )
+        ratio = self.lora_alpha_ratio
+        if ratio is not None:
+            try:
+                ratio = float(ratio)  # a YAML or a command line may give "2"
+            except (TypeError, ValueError):
+                ratio = None
+            if isinstance(self.lora_alpha_ratio, bool) or ratio is None or not ratio > 0 or ratio == float("inf"):
+                raise ValueError(
+                    f"`lora_alpha_ratio` must be a positive number, but the value passed is {self.lora_alpha_ratio!r}. "
+                    "Use e.g. 2.0 (alpha = 2r, as in the paper), or None for the preset's ratio or the peft_config's."
+                )
+            self.lora_alpha_ratio = ratio
         self.curriculum_stages = normalize_curriculum_stages(self.curriculum_stages)
         self.lora_ranks = normalize_lora_ranks(self.lora_ranks)
         self.replay = parse_replay(self.replay)

@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +27,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel, TrainerState
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput, speed_metrics
-from trl import SFTTrainer
+from trl import SFTTrainer, pack_dataset
 
 from .adapters import (
     DEFAULT_ADAPTER,
@@ -39,7 +42,13 @@ from .adapters import (
     concatenate_lora_adapters,
     lora_layers,
 )
-from .callbacks import CurriculumCallbackHandler, CurriculumProgressCallback, PLRSCallback, stage_dir
+from .callbacks import (
+    MERGE_TRANSITIONS,
+    CurriculumCallbackHandler,
+    CurriculumProgressCallback,
+    PLRSCallback,
+    stage_dir,
+)
 from .checkpointing import (
     CURRICULUM_STATE_NAME,
     atomic_path,
@@ -52,14 +61,30 @@ from .plrs_config import PLRSConfig
 from .quantization import is_quantized, keep_4bit_weights_trainable_on_cpu
 from .replay import stage_row_indices
 from .stage_evaluation import install_stage_evaluation
-from .trainer_internals import TrainerInternalsMixin, check_trainer_internals, model_name_or_path
+from .trainer_internals import (
+    TrainerInternalsMixin,
+    check_trainer_internals,
+    early_stopping_triggered,
+    model_name_or_path,
+)
 
 
 logger = get_logger(__name__)
 
+PAPER_TITLE = "Sequential Fine-Tuning with Progressive LoRA Rank Shrinking for Math Word Problems"
+PAPER_URL = "https://openreview.net/forum?id=Pf7sa41jkz"
+PAPER_BIBTEX = """@inproceedings{plrs2025,
+    title     = {{Sequential Fine-Tuning with Progressive LoRA Rank Shrinking for Math Word Problems}},
+    booktitle = {AI for Math Workshop at ICML 2025},
+    year      = 2025,
+    url       = {https://openreview.net/forum?id=Pf7sa41jkz}
+}"""
+
 # `init_lora_weights` values that start a new adapter at B = 0 without touching the base weights, so that adding it
 # leaves the model's function unchanged.
 EXACT_LORA_INITS = (True, "gaussian")
+# Name under which the combined adapter is loaded while the stage adapters are replaced by it, at the end.
+COMBINED_ADAPTER = "curriculum_combined"
 
 
 @dataclass
@@ -136,9 +161,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
 
     _tag_names = ["trl", "sft", "curriculum", "plrs"]
     _name = "Curriculum SFT (PLRS)"
+    # No `id`: TRL's model card links `id` as a Hugging Face papers id, and the paper is on OpenReview only; the card
+    # links it in its curriculum section (`create_model_card`).
     _paper = {
-        "title": "Sequential Fine-Tuning with Progressive LoRA Rank Shrinking for Math Word Problems",
-        "id": "Pf7sa41jkz",
+        "title": PAPER_TITLE,
+        "citation": PAPER_BIBTEX,
     }
 
     def __init__(
@@ -198,6 +225,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         )
         super().__init__(model, args=args, train_dataset=train_dataset, peft_config=first_stage_config, **kwargs)
 
+        _check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
         # Tokenized once, here; every stage selects rows of it. Preparation may drop rows (e.g. a completion that
         # truncation removed entirely), so the levels are read again from the prepared rows.
         self.curriculum_dataset = self.train_dataset
@@ -209,6 +237,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             )
         self.row_levels = dataset_levels(self.curriculum_dataset, args.curriculum_column)
         self._check_every_stage_trains()
+        # The dtype each targeted base weight came in: `fp32_merge` upcasts them, and the end restores it.
+        self.base_weight_dtypes = {
+            name: layer.get_base_layer().weight.dtype for name, layer in _named_lora_layers(self.model)
+        }
         self.adapter_transition = self._resolve_adapter_transition()
         if self.is_quantized:
             keep_4bit_weights_trainable_on_cpu(self.model)
@@ -227,13 +259,14 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(CurriculumProgressCallback(self))
         # Per-level evaluation, forgetting matrix and per-stage early stopping, when the eval data has levels.
+        self.stage_early_stopping = None
         self.stage_evaluation = install_stage_evaluation(self)
 
     def _resolve_adapter_transition(self) -> str:
         """`args.adapter_transition`, with `"auto"` resolved from how the targeted base weights train."""
         args = self.args
         layers = list(lora_layers(self.model))
-        _check_lora_targets(self.model, layers, self.stage_peft_config)
+        _check_lora_targets(layers, self.stage_peft_config)
         base_dtypes = {layer.get_base_layer().weight.dtype for layer in layers}
         sharded_engine = args.deepspeed_plugin is not None or bool(args.fsdp)
         autocast = bool(args.bf16 or args.fp16)
@@ -305,6 +338,24 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         """
         return self.curriculum_dataset.select(self.stage_rows(stage))
 
+    def pack_stage_rows(self, rows: Dataset) -> Dataset:
+        """
+        With `packing=True`, pack a stage's rows with TRL's packing (`trl.pack_dataset`, `packing_strategy`, up to
+        `max_length` tokens per sequence), as `SFTTrainer` packs its whole training set; else return them as they
+        are. Each stage packs its own rows, so a packed sequence never holds a row of another stage.
+        """
+        args = self.args
+        if not args.packing:
+            return rows
+        rows = rows.select_columns(["input_ids", "labels"])
+        if args.shuffle_dataset:
+            rows = rows.shuffle(seed=args.seed)
+        map_kwargs = {"desc": "Packing the stage's rows"}
+        if args.dataset_num_proc is not None:
+            map_kwargs["num_proc"] = args.dataset_num_proc
+        packed = pack_dataset(rows, args.max_length, args.packing_strategy, map_kwargs)
+        return packed.shuffle(seed=args.seed) if args.shuffle_dataset else packed
+
     def stage_rows(self, stage: Stage) -> list[int]:
         """Indices, in `self.curriculum_dataset`, of the rows of `stage`: its levels plus the replay sample."""
         return stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, self.args.seed)
@@ -350,16 +401,73 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                     trial=trial,
                     ignore_keys_for_eval=ignore_keys_for_eval,
                 )
+                stop_requested = self._stop_requested()
                 self._call_stage_event("on_stage_end", stage, metrics=output.metrics)
                 resume_from_checkpoint = None
+                if stop_requested and stage.index < len(self.stages) - 1:
+                    logger.warning(
+                        f"Training was asked to stop during stage {stage.index} (`control.should_training_stop` at "
+                        f"step {self.state.global_step}, before the stage's last step {self.state.max_steps}): the "
+                        f"curriculum ends here. `output_dir` gets the combined adapter of stages 0-{stage.index} "
+                        f"(stages {stage.index + 1}-{len(self.stages) - 1} were not trained); resume from a checkpoint "
+                        "to train them."
+                    )
+                    break
         self.curriculum_state.stage = len(self.stages)
 
         self.save_model(self.args.output_dir)
+        self._install_combined_adapter()
         metrics = self._curriculum_metrics(start_time, first_stage)
-        self.log(metrics)
+        self.log(dict(metrics))  # a copy: `PrinterCallback`/`ProgressCallback` pop `total_flos` from what they print
         # Only now do trackers end their run: after the last stage, the final save and the final metrics.
         self.control = self.callback_handler.end_curriculum(self.args, self.state, self.control)
         return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
+
+    def _stop_requested(self) -> bool:
+        """
+        Whether a callback asked training to stop (a NaN guard, a time budget, an `EarlyStoppingCallback` of the
+        user's) before the stage's last step. Reaching `max_steps` sets the same flag, and so does the per-stage early
+        stopping of `early_stopping_patience`, which ends only its stage: neither counts.
+        """
+        if not self.control.should_training_stop or self.state.global_step >= self.state.max_steps:
+            return False
+        return not (self.stage_early_stopping is not None and early_stopping_triggered(self.stage_early_stopping))
+
+    @property
+    def trained_stages(self) -> list[Stage]:
+        """The stages trained to their end so far (all of them after `train()`, unless a stop was requested)."""
+        return [self.stages[summary["stage"]] for summary in self.stage_summaries]
+
+    def _install_combined_adapter(self) -> None:
+        """
+        After the curriculum, make `self.model` the original base with the combined adapter of every trained stage as
+        its only adapter, `"default"`: `trainer.model.save_pretrained`, `merge_and_unload`, `evaluate`, `predict` and
+        `push_to_hub` then all see the whole curriculum. The model's function is unchanged: in merge mode the merged
+        stages are first subtracted from the base weights (in fp32; weights upcast by `fp32_merge` return to their
+        dtype), so the base model object you passed ends as it began, up to float rounding. Skipped under DeepSpeed
+        and FSDP, whose engines own the weights: there `save_model`/`push_to_hub` still write the combined adapter.
+        """
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not self.args.should_save:
+            return
+        model = self.model
+        model.load_adapter(self.args.output_dir, adapter_name=COMBINED_ADAPTER)
+        if self.adapter_transition in MERGE_TRANSITIONS:
+            for name, layer in _named_lora_layers(model):
+                if COMBINED_ADAPTER not in layer.lora_A:
+                    continue
+                weight = layer.get_base_layer().weight
+                with torch.no_grad():
+                    merged = layer.get_delta_weight(COMBINED_ADAPTER).float()
+                    if DEFAULT_ADAPTER in layer.lora_A:  # the last stage's adapter is live, not merged
+                        merged -= layer.get_delta_weight(DEFAULT_ADAPTER).float()
+                    restored = weight.data.float() - merged
+                    weight.data = restored.to(self.base_weight_dtypes.get(name, weight.dtype))
+        for name in [name for name in model.peft_config if name != COMBINED_ADAPTER]:
+            model.delete_adapter(name)
+        model.load_adapter(self.args.output_dir, adapter_name=DEFAULT_ADAPTER)
+        model.set_adapter(DEFAULT_ADAPTER)
+        model.delete_adapter(COMBINED_ADAPTER)
+        self.curriculum_state.frozen_adapters = []
 
     def _curriculum_metrics(self, start_time: float, first_stage: int) -> dict[str, float]:
         """The train metrics of the whole curriculum, as `SFTTrainer.train` reports them for one training."""
@@ -478,6 +586,23 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.stage_summaries = saved["stage_summaries"]
         logger.info(f"Resuming the curriculum at stage {state.stage} from {checkpoint}.")
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """
+        Write TRL's model card to `output_dir/README.md`, with a section on the curriculum: the paper, the transition,
+        and a table of the stages trained (levels, rows, rank, alpha, steps, loss), plus the forgetting heatmap.
+        """
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, encoding="utf-8") as file:
+            card = file.read()
+        section = curriculum_card_section(self)
+        marker = "### Framework versions"
+        card = card.replace(marker, section + marker, 1) if marker in card else card + "\n" + section
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(card)
+
     def save_curriculum_state(self, checkpoint_dir: str) -> None:
         """
         Write the curriculum's state into `checkpoint_dir`, before the Trainer's own files: the Trainer writes
@@ -541,14 +666,61 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         LoRA adapter for the original base model) and the tokenizer; during training (checkpoints) it saves as
         [`~trl.SFTTrainer`] does.
         """
-        if _internal_call or self.curriculum_state.stage < len(self.stages):
+        # Once the curriculum has run, every save gives the whole curriculum, `push_to_hub`'s internal one included.
+        if self.curriculum_state.stage < len(self.stages) or not self.stage_summaries:
             return super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            stage_dirs = [stage_dir(self.args.output_dir, stage.index) for stage in self.stages]
+            stage_dirs = [stage_dir(self.args.output_dir, stage.index) for stage in self.trained_stages]
             concatenate_lora_adapters(stage_dirs, output_dir)
             self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            self.create_model_card(model_name=_model_name(self.args))
+            if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+                shutil.copy(os.path.join(self.args.output_dir, "README.md"), os.path.join(output_dir, "README.md"))
         self.accelerator.wait_for_everyone()
+
+
+def curriculum_card_section(trainer: "CurriculumSFTTrainer") -> str:
+    """The model card's curriculum section: what was trained, stage by stage."""
+    lines = [
+        "### Curriculum",
+        "",
+        f"Trained with `trl_plrs`' `CurriculumSFTTrainer`: curriculum sequential fine-tuning with "
+        f"Progressive LoRA Rank Shrinking, from [{PAPER_TITLE}]({PAPER_URL}) (AI4MATH @ ICML 2025). Each stage trained "
+        f"a fresh LoRA adapter on its levels (plus replay: `{trainer.replay}`); finished adapters were carried by "
+        f"`{trainer.adapter_transition}`. This repository holds one LoRA adapter equal to the sum of the stage "
+        "adapters, for the original base model.",
+        "",
+        "| stage | levels | rows | rank | alpha | steps | train loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for summary in trainer.stage_summaries:
+        loss = summary.get("train_loss")
+        lines.append(
+            f"| {summary['stage']} | {', '.join(map(str, summary['levels']))} | {summary['rows']:,} | "
+            f"{summary['lora_rank']} | {summary['lora_alpha']:g} | {summary['steps']} | "
+            f"{'-' if loss is None else f'{loss:.4f}'} |"
+        )
+    heatmap = os.path.join(trainer.args.output_dir, "forgetting_heatmap.png")
+    if os.path.isfile(heatmap):
+        lines += [
+            "",
+            "Evaluation per level after every stage (the forgetting matrix):",
+            "",
+            "![](forgetting_heatmap.png)",
+        ]
+    return "\n".join(lines) + "\n\n"
+
+
+def _named_lora_layers(model):
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def _model_name(args) -> str:
+    return (
+        args.hub_model_id.split("/")[-1] if args.hub_model_id else os.path.basename(os.path.abspath(args.output_dir))
+    )
 
 
 @contextlib.contextmanager
@@ -615,7 +787,22 @@ def _check_peft_config(model, peft_config) -> None:
             )
 
 
-def _check_lora_targets(model, layers, peft_config: LoraConfig) -> None:
+def _check_first_stage_adapter(config: LoraConfig) -> None:
+    """Refuse what `SFTTrainer` added to the first stage's LoRA config and the stages could not carry."""
+    added = {
+        name: getattr(config, name) for name in ("modules_to_save", "trainable_token_indices") if getattr(config, name)
+    }
+    if added:
+        raise ValueError(
+            f"`SFTTrainer` made {added} trainable beside the first stage's LoRA adapter, because the tokenizer gained "
+            "tokens (e.g. from `chat_template_path`). Full embedding rows and modules cannot be carried across stages "
+            "or into the combined LoRA adapter. Use a chat template that adds no tokens (the model's own, or one "
+            "written with its existing special tokens), or add the tokens and train their embeddings before the "
+            "curriculum."
+        )
+
+
+def _check_lora_targets(layers, peft_config: LoraConfig) -> None:
     """Refuse LoRA targets whose adapters cannot be carried across stages exactly."""
     # A quantized base keeps its `Linear4bit`/`Linear8bitLt`, subclasses of `nn.Linear`.
     unsupported = sorted(
@@ -631,21 +818,6 @@ def _check_lora_targets(model, layers, peft_config: LoraConfig) -> None:
             "`embed_tokens`): their LoRA adapters cannot be carried across stages exactly. Target the linear "
             "projections only, e.g. `target_modules='all-linear'` (which leaves out `lm_head`)."
         )
-    output_embeddings = model.get_output_embeddings()
-    input_embeddings = model.get_input_embeddings()
-    tied = output_embeddings is not None and input_embeddings is not None
-    tied = tied and _base_weight(output_embeddings) is _base_weight(input_embeddings)
-    if tied and any(layer is output_embeddings for layer in layers):
-        raise ValueError(
-            f"`peft_config.target_modules` ({peft_config.target_modules!r}) targets `lm_head`, whose weight is tied to "
-            "the input embeddings: merging a stage into it would change the embeddings too. Leave `lm_head` out "
-            "(`target_modules='all-linear'` does)."
-        )
-
-
-def _base_weight(module):
-    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-    return base.weight
 
 
 def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list[int]]:

@@ -562,6 +562,12 @@ def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluation
     has_column = isinstance(eval_dataset, Dataset) and column in eval_dataset.column_names
     if args.stage_eval_per_level is False:
         return None
+    if args.eval_packing and eval_dataset is not None and not has_column:
+        logger.warning(
+            f"`eval_packing=True` packed the `eval_dataset`, which drops its `curriculum_column` {column!r}: the "
+            "evaluation per level and the forgetting matrix are off, and `eval_loss` mixes every level, future ones "
+            "included. Set `eval_packing=False` to evaluate per level."
+        )
     if not has_column:
         if required:
             settings = ", ".join(f"`{name}={value!r}`" for name, value in required.items())
@@ -611,6 +617,8 @@ def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluation
     # Right after PLRSCallback: the stage's adapter is saved when this evaluates, and later callbacks see the row.
     trainer.callback_handler.callbacks.insert(1, callback)
     if args.early_stopping_patience is not None:
-        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+        # Kept by the trainer: its stop ends a stage, where any other stop request ends the curriculum.
+        trainer.stage_early_stopping = EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)
+        trainer.add_callback(trainer.stage_early_stopping)
     logger.info(f"Evaluating each of the levels {levels} at every evaluation and after every stage.")
     return callback

@@ -23,6 +23,7 @@ construction, with the versions to install, when an upstream release removed one
 The rest of the package uses public API only; `tests/test_trainer_internals.py` greps it to keep it so.
 """
 
+import copy
 import importlib.metadata
 import os
 
@@ -32,13 +33,21 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 # The Trainer methods overridden or called below, each checked present at trainer construction.
-REQUIRED_TRAINER_METHODS = ("_init_training_state", "_save_checkpoint", "_load_from_checkpoint", "_load_rng_state")
+REQUIRED_TRAINER_METHODS = (
+    "_init_training_state",
+    "_save_checkpoint",
+    "_load_from_checkpoint",
+    "_load_rng_state",
+    "_prepare_dataset",
+)
 TESTED_VERSIONS = {"transformers": "5.20.0 to 5.24.0", "trl": "1.16.0"}
 
 
 def check_trainer_internals() -> None:
     """Raise one clear error when the installed transformers lacks a Trainer method the curriculum overrides."""
-    missing = [name for name in REQUIRED_TRAINER_METHODS if not callable(getattr(Trainer, name, None))]
+    from trl import SFTTrainer
+
+    missing = [name for name in REQUIRED_TRAINER_METHODS if not callable(getattr(SFTTrainer, name, None))]
     if missing:
         installed = {name: importlib.metadata.version(name) for name in TESTED_VERSIONS}
         raise ImportError(
@@ -87,6 +96,17 @@ class TrainerInternalsMixin:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.plrs_callback.activate_adapters()
 
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        # `SFTTrainer._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)`
+        # (TRL 1.16) tokenizes, builds the labels, truncates to `max_length` unless packing, and packs. A curriculum
+        # packs each stage's own rows instead (`CurriculumSFTTrainer.pack_stage_rows`), so its training set is
+        # prepared exactly as `SFTTrainer` prepares it before packing: neither truncated nor packed.
+        if dataset_name == "train" and packing:
+            args = copy.copy(args)
+            args.max_length = None
+            packing = False
+        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
     def restore_rng_state(self, checkpoint: str) -> None:
         """Restore the RNG states saved in `checkpoint` (`Trainer._load_rng_state`)."""
         self._load_rng_state(checkpoint)
@@ -118,6 +138,11 @@ def reset_early_stopping(callbacks: list[TrainerCallback]) -> None:
     for callback in callbacks:
         if isinstance(callback, EarlyStoppingCallback):
             callback.early_stopping_patience_counter = 0
+
+
+def early_stopping_triggered(callback: EarlyStoppingCallback) -> bool:
+    """Whether an [`~transformers.EarlyStoppingCallback`] ran out of patience (and so stopped training)."""
+    return callback.early_stopping_patience_counter >= callback.early_stopping_patience
 
 
 def close_prediction_bars(callbacks: list[TrainerCallback]) -> None:

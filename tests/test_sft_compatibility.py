@@ -1,0 +1,390 @@
+# Copyright 2026 The trl_plrs Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Drop-in for `SFTTrainer`: after `train()`, every public way of getting the model out gives the whole curriculum
+(`save_model`, `push_to_hub` with the hub client patched, `trainer.model.save_pretrained`, `merge_and_unload`,
+`evaluate`), `evaluate()` returns what `SFTTrainer.evaluate()` returns, the user's LoRA alpha is kept, a stop request
+ends the curriculum, and what cannot be carried across stages is refused at construction.
+"""
+
+import os
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
+from trl_plrs.adapters import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, concatenate_lora_adapters
+from trl_plrs.callbacks import stage_dir
+from trl_plrs.testing import build_tiny_model, build_tokenizer
+
+from .conftest import make_leveled_dataset
+from .test_plrs_trainer import lora_config, make_args
+
+
+RANKS = [16, 8, 4]
+LOGITS_ATOL = 1e-4
+
+
+def probe(tokenizer):
+    return tokenizer(["What is 3 + 4?", "What is 12 + 30?"], return_tensors="pt", padding=True)
+
+
+def logits(model, batch):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch).logits.float()
+    model.train(was_training)
+    return out
+
+
+class LogitsAtLastStageEnd(TrainerCallback):
+    """The live model's logits when the last stage ends, before the trainer swaps in the combined adapter."""
+
+    def __init__(self, batch, stages):
+        self.batch, self.stages, self.value = batch, stages, None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == state.max_steps and state.max_steps == self.stages * args.max_steps:
+            self.value = logits(model, self.batch)
+
+
+def train(tmp_path, tokenizer, dtype=torch.float32, callbacks=(), **kwargs):
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer, dtype=dtype),
+        args=make_args(tmp_path, **kwargs),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(lora_dropout=0.0),
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "dtype, kwargs, transition",
+    [
+        (torch.float32, {"adapter_transition": "merge"}, "merge"),
+        (torch.float32, {"adapter_transition": "stack"}, "stack"),
+        (torch.bfloat16, {"bf16": True}, "fp32_merge"),
+    ],
+)
+def test_every_way_out_gives_the_whole_curriculum(tmp_path, tokenizer, dtype, kwargs, transition):
+    batch = probe(tokenizer)
+    at_end = LogitsAtLastStageEnd(batch, stages=len(RANKS))
+    base_before = build_tiny_model(tokenizer, dtype=dtype).state_dict()
+    trainer = train(tmp_path, tokenizer, dtype=dtype, callbacks=[at_end], **kwargs)
+    assert trainer.adapter_transition == transition
+    model = trainer.model
+
+    # `trainer.model` is the original base with the combined adapter as its only adapter, "default".
+    assert list(model.peft_config) == ["default"]
+    assert model.peft_config["default"].r == sum(RANKS)
+    for name, value in model.get_base_model().state_dict().items():
+        if ".lora_" in name:
+            continue
+        original = base_before[name.replace(".base_layer", "")]
+        assert value.dtype == original.dtype, name  # fp32_merge's upcast weights are back in bf16
+        # Merged stages were subtracted again: the base is the original up to float rounding (exact in stack mode).
+        atol = 0 if transition == "stack" else (1e-6 if dtype == torch.float32 else 0)
+        torch.testing.assert_close(value, original, rtol=0, atol=atol, msg=name)
+    # ... with the same function as the live model had at the end of the last stage.
+    tolerance = LOGITS_ATOL if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(logits(model, batch), at_end.value, rtol=0, atol=tolerance)
+
+    # trainer.model.save_pretrained(d) saves the whole curriculum: the same adapter as `output_dir`.
+    saved_dir = str(tmp_path / "save_pretrained")
+    model.save_pretrained(saved_dir)
+    saved, exported = (load_file(os.path.join(d, ADAPTER_WEIGHTS_NAME)) for d in (saved_dir, trainer.args.output_dir))
+    assert saved.keys() == exported.keys()
+    for key in saved:
+        torch.testing.assert_close(saved[key].float(), exported[key].float(), rtol=0, atol=0)
+
+    # merge_and_unload gives the base + every stage.
+    merged = PeftModel.from_pretrained(build_tiny_model(tokenizer, dtype=dtype), saved_dir).merge_and_unload()
+    torch.testing.assert_close(logits(merged, batch), at_end.value, rtol=0, atol=tolerance)
+
+    # evaluate() runs on the whole curriculum.
+    assert "eval_loss" in trainer.evaluate(eval_dataset=make_leveled_dataset(rows_per_level=2))
+
+
+def test_push_to_hub_uploads_the_whole_curriculum(tmp_path, tokenizer, monkeypatch):
+    trainer = train(tmp_path, tokenizer)
+    uploads = []
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=f"user/{repo_id.split('/')[-1]}")
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+            snapshot = str(tmp_path / f"uploaded-{len(uploads)}")
+            shutil.copytree(folder_path, snapshot, ignore=shutil.ignore_patterns(*ignore_patterns))
+            uploads.append((repo_id, snapshot))
+
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: FakeHub())
+    trainer.push_to_hub()  # nothing leaves the machine: the hub client is the fake above
+
+    ((repo_id, uploaded),) = uploads
+    assert repo_id == f"user/{os.path.basename(trainer.args.output_dir)}"
+    with open(os.path.join(uploaded, ADAPTER_CONFIG_NAME)) as file:
+        assert f'"r": {sum(RANKS)}' in file.read()
+    expected_dir = str(tmp_path / "expected")
+    concatenate_lora_adapters([stage_dir(trainer.args.output_dir, k) for k in range(len(RANKS))], expected_dir)
+    uploaded_weights = load_file(os.path.join(uploaded, ADAPTER_WEIGHTS_NAME))
+    for key, value in load_file(os.path.join(expected_dir, ADAPTER_WEIGHTS_NAME)).items():
+        torch.testing.assert_close(uploaded_weights[key], value, rtol=0, atol=0)
+    with open(os.path.join(uploaded, "README.md")) as file:
+        card = file.read()
+    assert "https://openreview.net/forum?id=Pf7sa41jkz" in card and "@inproceedings{plrs2025" in card
+    assert "huggingface.co/papers/" not in card  # the paper has no Hugging Face papers page
+    assert "| stage | levels | rows | rank | alpha | steps | train loss |" in card
+    assert "| 2 | 3 |" in card
+
+
+def test_save_model_writes_the_files_sft_trainer_writes(tmp_path, tokenizer):
+    trainer = train(tmp_path, tokenizer, max_steps=1)
+    out = str(tmp_path / "saved")
+    trainer.save_model(out)
+    for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "README.md", "training_args.bin", "tokenizer.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "README.md")) as file:
+        assert "### Curriculum" in file.read()
+
+
+def test_evaluate_returns_what_sft_trainer_returns(tmp_path, tokenizer):
+    eval_rows = make_leveled_dataset(rows_per_level=2)
+    sft = SFTTrainer(
+        build_tiny_model(tokenizer),
+        args=SFTConfig(str(tmp_path / "sft"), use_cpu=True, bf16=False, report_to="none", max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    curriculum = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path / "curriculum", stage_eval_per_level=False),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    sft_metrics, metrics = sft.evaluate(), curriculum.evaluate()
+    assert {"eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens"} <= set(sft_metrics)
+    assert set(sft_metrics) <= set(metrics)
+    assert {"stage", "lora_rank"} <= set(metrics)
+
+
+def test_metric_for_best_model_on_a_trl_metric(tmp_path, tokenizer):
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(
+            tmp_path,
+            eval_strategy="steps",
+            eval_steps=1,
+            save_strategy="steps",
+            save_steps=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_mean_token_accuracy",
+            early_stopping_patience=2,
+        ),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=make_leveled_dataset(rows_per_level=2),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()  # TRL's metric reaches metric_for_best_model and early stopping (a KeyError before)
+    assert trainer.state.best_metric is not None
+    assert len(trainer.stage_summaries) == len(RANKS)
+
+
+def test_a_stop_request_ends_the_curriculum(tmp_path, tokenizer, caplog):
+    class StopInStageOne(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # stage 1's first step (3 steps per stage)
+                control.should_training_stop = True
+
+    batch = probe(tokenizer)
+    with caplog.at_level("WARNING"):
+        trainer = train(tmp_path, tokenizer, callbacks=[StopInStageOne()])
+    assert trainer.state.global_step == 4
+    assert [summary["stage"] for summary in trainer.stage_summaries] == [0, 1]
+    assert not os.path.exists(stage_dir(trainer.args.output_dir, 2))
+    assert "the curriculum ends here" in caplog.text and "stages 2-2 were not trained" in caplog.text
+    # The combined adapter holds what was trained (stages 0 and 1) and reproduces the model.
+    assert trainer.model.peft_config["default"].r == RANKS[0] + RANKS[1]
+    reloaded = PeftModel.from_pretrained(build_tiny_model(tokenizer), trainer.args.output_dir)
+    torch.testing.assert_close(logits(reloaded, batch), logits(trainer.model, batch), rtol=0, atol=LOGITS_ATOL)
+
+
+def test_lora_alpha_of_the_config_is_kept(tmp_path, tokenizer):
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, lora_ranks=None, max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(r=8, lora_alpha=32),
+    )
+    assert [(stage.lora_rank, stage.lora_alpha) for stage in trainer.stages] == [(8, 32.0)] * 3
+    shrinking = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path / "shrink", lora_ranks=[16, 8, 4], max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(r=8, lora_alpha=32),
+    )
+    assert [stage.lora_alpha for stage in shrinking.stages] == [64.0, 32.0, 16.0]  # alpha = 4r, the config's ratio
+
+
+def test_chat_template_that_adds_tokens_is_refused_at_construction(tmp_path):
+    tokenizer = build_tokenizer()
+    source = build_tokenizer()
+    source.add_special_tokens({"additional_special_tokens": ["<|tool_call|>", "<|tool_result|>"]})
+    source_dir = str(tmp_path / "template_source")
+    source.save_pretrained(source_dir)
+    with pytest.raises(ValueError, match="made .* trainable beside the first stage's LoRA adapter"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path, chat_template_path=source_dir),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+
+
+@pytest.mark.parametrize(
+    "lora_kwargs, match",
+    [
+        ({"init_lora_weights": "pissa"}, "`peft_config.init_lora_weights` is 'pissa'"),
+        ({"init_lora_weights": False}, "`peft_config.init_lora_weights` is False"),
+        ({"init_lora_weights": "orthogonal"}, "`peft_config.init_lora_weights` is 'orthogonal'"),
+        ({"target_modules": ["q_proj", "embed_tokens"]}, r"targets layers of type \['Embedding'\]"),
+        ({"trainable_token_indices": [1, 2]}, "`peft_config.trainable_token_indices` is not supported"),
+    ],
+)
+def test_what_cannot_be_carried_across_stages_is_refused(tmp_path, tokenizer, lora_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(**lora_kwargs),
+        )
+
+
+def test_lm_head_target_is_refused_at_construction(tmp_path, tokenizer):
+    # TRL 1.16 refuses it itself (its loss reads `lm_head.weight` directly); a merge would also change tied embeddings.
+    with pytest.raises(ValueError, match="Applying a PEFT adapter to `lm_head` is not supported"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(target_modules=["q_proj", "lm_head"]),
+        )
+
+
+def test_eval_packing_warns_that_per_level_evaluation_is_off(tmp_path, tokenizer, caplog):
+    with caplog.at_level("WARNING"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path, eval_packing=True, max_length=64),
+            train_dataset=make_leveled_dataset(),
+            eval_dataset=make_leveled_dataset(rows_per_level=2),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+    assert "`eval_packing=True` packed the `eval_dataset`" in caplog.text
+
+
+def test_train_output_reports_what_sft_trainer_reports(tmp_path, tokenizer):
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    output = trainer.train()
+    expected = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
+    assert expected <= set(output.metrics)
+    assert output.metrics["train_loss"] == pytest.approx(output.training_loss)
+    assert trainer.state.log_history[-1]["train_loss"] == pytest.approx(output.training_loss)
+
+
+def test_one_stage_with_packing_equals_sft_trainer_with_packing(tmp_path, tokenizer):
+    from .test_plrs_trainer import assert_same_adapter
+
+    dataset = make_leveled_dataset()
+    common = dict(
+        use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=2, max_steps=3, learning_rate=5e-3,
+        save_strategy="no", disable_tqdm=True, seed=3, packing=True, max_length=64,
+    )  # fmt: skip
+    sft = SFTTrainer(
+        build_tiny_model(tokenizer),
+        args=SFTConfig(str(tmp_path / "sft"), **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(r=8, lora_alpha=16),
+    )
+    sft.train()
+    ours = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=PLRSConfig(str(tmp_path / "ours"), curriculum_stages=["1,2,3"], **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(r=8, lora_alpha=16),
+    )
+    ours.train()
+    # The same packed sequences (so the same batches), and the same trained adapter.
+    assert len(ours.train_dataset) == len(sft.train_dataset) < len(dataset)
+    assert ours.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
+    assert ours.train_dataset["seq_lengths"] == sft.train_dataset["seq_lengths"]
+    assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-0"))
+
+
+def test_packing_packs_each_stage_its_own_rows(tmp_path, tokenizer):
+    packed = {}
+
+    class PackedRows(CurriculumCallback):
+        def on_stage_begin(self, args, state, control, stage, **kwargs):
+            rows = trainer.build_stage_dataset(stage)
+            packed[stage.index] = (
+                sorted(token for row in rows["input_ids"] for token in row),
+                sorted(token for row in trainer.train_dataset["input_ids"] for token in row),
+                len(rows),
+                len(trainer.train_dataset),
+            )
+
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, packing=True, max_length=128, max_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[PackedRows()],
+    )
+    trainer.train()
+    for stage, (row_tokens, packed_tokens, rows, sequences) in packed.items():
+        # Every token of the stage's rows (its levels + the replay), and no other, in fewer, longer sequences.
+        assert packed_tokens == row_tokens, stage
+        assert sequences < rows
