@@ -34,12 +34,13 @@ import time
 
 
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["overhead", "data_prep", "transition", "memory"]
+BENCHMARKS = ["overhead", "data_prep", "transition", "memory", "packing"]
 GOALS = {
     "overhead": "wall ratio curriculum / SFTTrainer <= 1.03",
     "data_prep": "ours / loop of trainers <= 0.3",
     "transition": "transition + loop re-entry <= 2% of a stage",
     "memory": "peak RSS curriculum / SFTTrainer <= 1.05",
+    "packing": "tokens/s packed / padded >= 1.4",
 }
 
 
@@ -47,7 +48,7 @@ def headline(name: str, results: dict) -> str:
     if name == "overhead":
         ratio = results["ratio"]
         return f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
-    if name == "data_prep":
+    if name in ("data_prep", "packing"):
         ratio = results["ratio"]
         return f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
     if name == "transition":
@@ -81,7 +82,7 @@ def main(argv=None):
         command = [sys.executable, os.path.join(BENCHMARKS_DIR, f"bench_{name}.py"), "--output_dir", args.output_dir]
         if args.quick:
             command.append("--quick")
-        if name == "data_prep" and args.math_train_path:
+        if name in ("data_prep", "packing") and args.math_train_path:
             command += ["--math_train_path", args.math_train_path]
         if not args.summary_only:
             start = time.perf_counter()
@@ -89,7 +90,7 @@ def main(argv=None):
             subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
             print(f"== {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
         json_path = os.path.join(args.output_dir, f"{name}.json")
-        if name == "data_prep" and not os.path.exists(json_path):
+        if name in ("data_prep", "packing") and not os.path.exists(json_path):
             lines.append(f"| {name} | skipped (no MATH train file) | {GOALS[name]} | - |")
             continue
         with open(json_path) as json_file:

@@ -73,3 +73,36 @@ def test_gpu_benchmark_smoke_on_cpu(benchmarks_on_path, tmp_path):
     assert records["b5_bf16"]["export"]["max_layer_mismatch"] < 0.05
     assert records["b5_bf16_merge"]["export"]["max_layer_mismatch"] > 0.05
     assert "Device: **CPU (smoke run, tiny shapes)**" in (tmp_path / "gpu.md").read_text()
+
+
+def test_packing_benchmark_smoke_on_synthetic_rows(benchmarks_on_path, tmp_path):
+    import bench_packing
+
+    results = bench_packing.main(
+        [
+            "--synthetic",
+            "--rows",
+            "40",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--max_length",
+            "256",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    assert results["packed"]["sequences"] < results["padded"]["sequences"] == 40
+    assert results["ratio"]["n"] == 1
+    assert "packed / padded" in (tmp_path / "packing.md").read_text()
+
+
+def test_packing_benchmark_skips_without_math(benchmarks_on_path, tmp_path, capsys):
+    import bench_packing
+
+    assert (
+        bench_packing.main(["--math_train_path", str(tmp_path / "absent.jsonl"), "--output_dir", str(tmp_path)])
+        is None
+    )
+    assert "Skipping" in capsys.readouterr().out

@@ -388,3 +388,24 @@ def test_packing_packs_each_stage_its_own_rows(tmp_path, tokenizer):
         # Every token of the stage's rows (its levels + the replay), and no other, in fewer, longer sequences.
         assert packed_tokens == row_tokens, stage
         assert sequences < rows
+
+
+def test_a_stopped_curriculum_resumes_from_its_last_checkpoint(tmp_path, tokenizer):
+    class StopAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:  # mid stage 1
+                control.should_training_stop = True
+
+    stopped = train(tmp_path, tokenizer, callbacks=[StopAtStep()], save_strategy="steps", save_steps=1)
+    assert stopped.state.global_step == 5 and len(stopped.stage_summaries) == 2
+    resumed = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, save_strategy="steps", save_steps=1),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(lora_dropout=0.0),
+    )
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 9
+    assert [summary["stage"] for summary in resumed.stage_summaries] == [0, 1, 2]
+    assert resumed.model.peft_config["default"].r == sum(RANKS)
