@@ -409,3 +409,11 @@ def test_a_stopped_curriculum_resumes_from_its_last_checkpoint(tmp_path, tokeniz
     assert resumed.state.global_step == 9
     assert [summary["stage"] for summary in resumed.stage_summaries] == [0, 1, 2]
     assert resumed.model.peft_config["default"].r == sum(RANKS)
+
+
+def test_signature_has_sft_trainers_parameters_in_its_order():
+    import inspect
+
+    ours = list(inspect.signature(CurriculumSFTTrainer.__init__).parameters)
+    theirs = list(inspect.signature(SFTTrainer.__init__).parameters)
+    assert ours == theirs

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftConfig
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import PreTrainedModel, TrainerState
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainerState
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput, speed_metrics
@@ -154,9 +155,14 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         peft_config ([`~peft.LoraConfig`]):
             LoRA settings shared by every stage (target modules, dropout, ...); the rank and alpha of each stage come
             from the curriculum.
-        **kwargs:
-            Every other argument of [`~trl.SFTTrainer`], except `optimizers` (each stage builds its own optimizer; pass
-            `optimizer_cls_and_kwargs` instead).
+        data_collator, eval_dataset, processing_class, compute_loss_func, compute_metrics, callbacks:
+            As in [`~trl.SFTTrainer`], in the same positional order. An `eval_dataset` with the `curriculum_column`
+            turns on the evaluation per level (see [`PLRSConfig`]).
+        optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, formatting_func:
+            As in [`~trl.SFTTrainer`].
+        optimizers:
+            Must stay `(None, None)`: each stage builds its own optimizer and scheduler over its new adapter; pass
+            `optimizer_cls_and_kwargs` or set `optim` instead.
     """
 
     _tag_names = ["trl", "sft", "curriculum", "plrs"]
@@ -172,9 +178,19 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self,
         model: str | PreTrainedModel,
         args: PLRSConfig | None = None,
+        data_collator: Callable | None = None,
         train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        quantization_config=None,
         peft_config: LoraConfig | None = None,
-        **kwargs,
+        formatting_func: Callable | None = None,
     ):
         check_trainer_internals()
         if args is None:
@@ -185,13 +201,13 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "configuration with `trl_plrs.PLRSConfig(...)`, which accepts every `SFTConfig` argument."
             )
         _check_peft_config(model, peft_config)
-        if kwargs.get("optimizers", (None, None)) != (None, None):
+        if tuple(optimizers) != (None, None):
             raise ValueError(
                 "`optimizers` cannot be passed to `CurriculumSFTTrainer`: every stage trains a new adapter, so it "
                 "builds a new optimizer and scheduler. Pass `optimizer_cls_and_kwargs=(OptimizerClass, kwargs)` or "
                 "set `optim`/`lr_scheduler_type` in the `PLRSConfig` instead."
             )
-        self.is_quantized = is_quantized(model, args.model_init_kwargs, kwargs.get("quantization_config"))
+        self.is_quantized = is_quantized(model, args.model_init_kwargs, quantization_config)
         if self.is_quantized and args.adapter_transition == "merge":
             raise ValueError(
                 "`adapter_transition='merge'` cannot be used with a quantized (4-bit or 8-bit) base model: merging "
@@ -223,7 +239,22 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         first_stage_config = dataclasses.replace(
             peft_config, r=self.stages[0].lora_rank, lora_alpha=self.stages[0].lora_alpha
         )
-        super().__init__(model, args=args, train_dataset=train_dataset, peft_config=first_stage_config, **kwargs)
+        super().__init__(
+            model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config,
+            peft_config=first_stage_config,
+            formatting_func=formatting_func,
+        )
 
         _check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
         # Tokenized once, here; every stage selects rows of it. Preparation may drop rows (e.g. a completion that
