@@ -378,6 +378,11 @@ def to_markdown(results: dict) -> str:
         "logits; bf16 logits carry rounding of ~0.4% of their value, so small moves compare loosely there.",
         "",
     ]
+    lines += [
+        "Per stage below, the last stage's adapter save also counts this benchmark's export check (it runs in that "
+        "stage's `on_stage_end`, while the stage adapters are live).",
+        "",
+    ]
     lines += [f"**{record['name']} failed**: `{record['error']}`\n" for record in failed]
     for name, record in records.items():
         if record["kind"] != "curriculum":
