@@ -86,3 +86,51 @@ def test_last_complete_checkpoint_orders_by_step_not_name(tmp_path):
 def test_no_checkpoint(tmp_path):
     assert last_complete_checkpoint(str(tmp_path)) is None
     assert last_complete_checkpoint(str(tmp_path / "missing")) is None
+
+
+def test_install_files_never_pairs_a_new_file_with_an_old_entry_point(tmp_path, monkeypatch):
+    from trl_plrs.checkpointing import install_files
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "adapter_config.json").write_text("old config")
+    (target / "adapter_model.safetensors").write_text("old weights")
+    staging = target / ".final-adapter-1.tmp"
+    staging.mkdir()
+    (staging / "adapter_config.json").write_text("new config")
+    (staging / "adapter_model.safetensors").write_text("new weights")
+    (staging / "tokenizer.json").write_text("new tokenizer")
+
+    real_replace, moves = os.replace, []
+
+    def crash_after_one_move(source, destination):
+        if moves:
+            raise OSError("killed")
+        moves.append(destination)
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", crash_after_one_move)
+    with pytest.raises(OSError):
+        install_files(str(staging), str(target), entry_point="adapter_config.json")
+    # Interrupted: the old config is gone (so nothing loads as a mix), and no new config came before the rest.
+    assert not (target / "adapter_config.json").exists()
+    monkeypatch.setattr(os, "replace", real_replace)
+    install_files(str(staging), str(target), entry_point="adapter_config.json")
+    assert (target / "adapter_config.json").read_text() == "new config"
+    assert (target / "adapter_model.safetensors").read_text() == "new weights"
+    assert (target / "tokenizer.json").read_text() == "new tokenizer"
+
+
+def test_remove_staging_leftovers_keeps_everything_else(tmp_path):
+    from trl_plrs.checkpointing import remove_staging_leftovers
+
+    (tmp_path / ".stage-0.abc.tmp").mkdir()
+    (tmp_path / ".stage-0.abc.tmp.old").mkdir()
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / ".trainer_state.json.x.tmp").write_text("")
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / ".hidden_config").write_text("mine")
+    removed = remove_staging_leftovers(str(tmp_path))
+    assert len(removed) == 3
+    assert sorted(os.listdir(tmp_path)) == [".hidden_config", "checkpoint-2"]
+    assert os.listdir(tmp_path / "checkpoint-2") == ["trainer_state.json"]

@@ -17,6 +17,7 @@ import pytest
 from trl_plrs.curriculum import (
     PRESETS,
     build_stages,
+    dataset_levels,
     normalize_curriculum_stages,
     normalize_lora_ranks,
     parse_level,
@@ -161,3 +162,18 @@ def test_build_stages_rejects_levels_without_rows():
 def test_build_stages_rejects_empty_levels():
     with pytest.raises(ValueError, match="no row with a valid level"):
         build_stages([], None, None, 2.0, default_rank=8, default_alpha=16)
+
+
+@pytest.mark.parametrize("stages", [[], ()])
+def test_empty_curriculum_stages_is_refused(stages):
+    with pytest.raises(ValueError, match="`curriculum_stages` must list at least one stage, but the value passed is"):
+        normalize_curriculum_stages(stages)
+
+
+def test_class_label_levels_are_read_by_name():
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "level": ClassLabel(names=["Level 3", "Level 1", "Level 2"])})
+    dataset = Dataset.from_dict({"text": ["a", "b", "c"], "level": [0, 1, 2]}, features=features)
+    # Class index 0 is "Level 3": the curriculum must train it last, not first.
+    assert dataset_levels(dataset, "level") == [3, 1, 2]

@@ -69,3 +69,89 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, mode):
         assert expected_weights.keys() == resumed_weights.keys()
         for key, value in expected_weights.items():
             torch.testing.assert_close(resumed_weights[key], value, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One run per `output_dir`: a checkpoint is resumed only by the run that wrote it
+
+
+def _trainer(output_dir, tokenizer, callbacks=(), lora_kwargs=None, **kwargs):
+    from trl_plrs import CurriculumSFTTrainer
+    from trl_plrs.testing import build_tiny_model
+
+    from .conftest import make_leveled_dataset
+    from .test_plrs_trainer import lora_config, make_args
+
+    return CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(output_dir, save_strategy="steps", save_steps=1, **kwargs),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(**{"lora_dropout": 0.0, **(lora_kwargs or {})}),
+        callbacks=list(callbacks),
+    )
+
+
+class StopAtStep:
+    """A callback that asks training to stop at `step` (as a kill would leave the checkpoints up to it)."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    control.should_training_stop = True
+
+        return _Stop()
+
+
+@pytest.mark.parametrize(
+    "changed, field",
+    [
+        ({"learning_rate": 1e-3}, "schedule.learning_rate"),
+        ({"lora_kwargs": {"target_modules": ["q_proj", "v_proj"]}}, "lora.target_modules"),
+        ({"lora_kwargs": {"lora_dropout": 0.1}}, "lora.lora_dropout"),
+        ({"seed": 11}, "seed"),
+    ],
+)
+def test_resume_against_a_different_run_names_the_fields(tmp_path, tokenizer, changed, field):
+    _trainer(tmp_path, tokenizer, callbacks=[StopAtStep(4)]).train()
+    other = _trainer(tmp_path, tokenizer, **changed)
+    with pytest.raises(ValueError, match=rf"belongs to another run.*'{field}'"):
+        other.train(resume_from_checkpoint=os.path.join(tmp_path, "checkpoint-4"))
+    assert other.state.global_step == 0  # refused before any weight was loaded or step trained
+    with pytest.raises(ValueError, match=rf"every checkpoint in `output_dir`.*belongs to.*'{field}'"):
+        other.train(resume_from_checkpoint=True)
+
+
+def test_a_new_run_in_an_old_runs_folder_resumes_itself(tmp_path, tokenizer, caplog):
+    """The old run leaves checkpoints 1-9; the new one (another learning rate) stops after 2, then resumes."""
+    _trainer(tmp_path / "shared", tokenizer).train()
+    _trainer(tmp_path / "shared", tokenizer, callbacks=[StopAtStep(2)], learning_rate=1e-3).train()
+    resumed = _trainer(tmp_path / "shared", tokenizer, learning_rate=1e-3)
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "Skipped the checkpoints" in caplog.text and "checkpoint-9" in caplog.text
+    assert "Resuming from" in caplog.text and "checkpoint-2" in caplog.text
+
+    _trainer(tmp_path / "alone", tokenizer, learning_rate=1e-3).train()
+    alone, shared = (adapter_weights(tmp_path / name) for name in ("alone", "shared"))
+    assert alone.keys() == shared.keys()
+    for key, value in alone.items():
+        torch.testing.assert_close(shared[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+def test_staging_leftovers_are_removed_at_the_next_start(tmp_path, tokenizer):
+    leftovers = [
+        tmp_path / ".adapter-abc123.tmp",
+        tmp_path / ".stage-1.x9y8.tmp",
+        tmp_path / ".final-adapter-q1w2.tmp",
+        tmp_path / "checkpoint-3" / ".curriculum_state.json.k3j4.tmp",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.mkdir() if path.name.startswith((".adapter", ".stage", ".final")) else path.write_text("{}"))
+    _trainer(tmp_path, tokenizer, max_steps=1).train()
+    assert not any(path.exists() for path in leftovers)
+    assert not [name for name in os.listdir(tmp_path) if name.endswith((".tmp", ".tmp.old"))]

@@ -417,3 +417,31 @@ def test_per_level_evaluation_requirements_are_checked_at_init(tmp_path, tokeniz
             processing_class=tokenizer,
             peft_config=LoraConfig(**LORA),
         )
+
+
+def test_eval_dataset_without_levels_is_refused_unless_asked_for(tmp_path):
+    from datasets import Dataset
+
+    from .test_plrs_trainer import lora_config, make_args
+
+    tokenizer = build_tokenizer()
+    eval_rows = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": "1 + 1?"}], "completion": [{"role": "assistant", "content": "2"}]}
+        ]
+        * 4
+    )
+
+    def build(**kwargs):
+        return CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path, **kwargs),
+            train_dataset=make_synthetic_math(num_per_level=4, levels=(1, 2, 3)).map(to_prompt_completion),
+            eval_dataset=eval_rows,
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+
+    with pytest.raises(ValueError, match="The `eval_dataset` has no `curriculum_column` 'level'"):
+        build()
+    assert build(stage_eval_per_level=False).stage_evaluation is None  # evaluated as a whole, on purpose

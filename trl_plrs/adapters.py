@@ -25,7 +25,6 @@ inside [`gathered_parameters`], one layer at a time, so that the partitions stay
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -246,7 +245,8 @@ def trainable_adapter_names(model: nn.Module) -> set[str]:
 
 def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> LoraConfig:
     """
-    Write to `output_dir` one standard LoRA adapter equal to the sum of the saved adapters in `adapter_dirs`.
+    Write to `output_dir` one standard LoRA adapter equal to the sum of the saved adapters in `adapter_dirs` (write
+    it to a staging folder and install it with `checkpointing.install_files` where a crash must not tear it).
 
     This is the `"cat"` combination of PEFT's `add_weighted_adapter` (rank = sum of ranks, alpha = rank, so scaling is
     1, and `A_k` carries its own scaling), computed on the saved files rather than on a live model: in merge mode the
@@ -283,16 +283,9 @@ def concatenate_lora_adapters(adapter_dirs: Sequence[str], output_dir: str) -> L
     config = replace(
         configs[0], r=total_rank, lora_alpha=total_rank, use_rslora=False, rank_pattern={}, alpha_pattern={}
     )
-    # Each file appears whole or not at all: written in a staging folder, then renamed into place.
     os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".adapter-", suffix=".tmp", dir=output_dir)
-    try:
-        save_file(combined, os.path.join(staging, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-        config.save_pretrained(staging)
-        for name in (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_file(combined, os.path.join(output_dir, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    config.save_pretrained(output_dir)
     return config
 
 

@@ -68,6 +68,53 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def install_files(staging_dir: str, target_dir: str, entry_point: str) -> None:
+    """
+    Move every file of `staging_dir` into `target_dir`, so that the set appears as a whole or not at all to a reader
+    that opens `entry_point` first (e.g. `adapter_config.json`, which PEFT reads before the weights): the old
+    `entry_point` is removed first and the new one moved last, so a crash in between leaves no `entry_point` at all,
+    never a new file beside an old one. `staging_dir` must be on the same filesystem (e.g. inside `target_dir`).
+    """
+    names = sorted(os.listdir(staging_dir))
+    if entry_point not in names:
+        raise ValueError(f"{staging_dir!r} holds no {entry_point!r} to install.")
+    old_entry = os.path.join(target_dir, entry_point)
+    if os.path.exists(old_entry):
+        os.remove(old_entry)
+    for name in [*(name for name in names if name != entry_point), entry_point]:
+        os.replace(os.path.join(staging_dir, name), os.path.join(target_dir, name))
+
+
+def _is_staging_name(name: str) -> bool:
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".tmp.old"))
+
+
+def remove_staging_leftovers(output_dir: str) -> list[str]:
+    """
+    Remove the temporary files and folders that an interrupted atomic write left in `output_dir` or one folder down
+    (`.<name>.<random>.tmp`, `.<name>.<random>.tmp.old`, `.adapter-<random>.tmp`, `.final-adapter-<random>.tmp`).
+    Returns their paths.
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    subfolders = [
+        os.path.join(output_dir, name)
+        for name in os.listdir(output_dir)
+        if not _is_staging_name(name) and os.path.isdir(os.path.join(output_dir, name))
+    ]
+    removed = []
+    for folder in [output_dir, *subfolders]:
+        for name in os.listdir(folder):
+            if _is_staging_name(name):
+                path = os.path.join(folder, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+                removed.append(path)
+    return removed
+
+
 def write_json_atomic(path: str, data) -> None:
     """Write `data` as JSON to `path` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as file:
@@ -91,18 +138,26 @@ def is_complete_checkpoint(checkpoint_dir: str) -> bool:
     )
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint of `output_dir` that was written completely; torn ones are skipped with a warning."""
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """The checkpoints of `output_dir` that were written completely, oldest first; torn ones are skipped with a warning."""
     if not os.path.isdir(output_dir):
-        return None
+        return []
     steps = sorted(
         (int(match.group(1)), name)
         for name in os.listdir(output_dir)
         if (match := _CHECKPOINT_PATTERN.match(name)) and os.path.isdir(os.path.join(output_dir, name))
     )
-    for _, name in reversed(steps):
+    complete = []
+    for _, name in steps:
         checkpoint_dir = os.path.join(output_dir, name)
         if is_complete_checkpoint(checkpoint_dir):
-            return checkpoint_dir
-        logger.warning(f"Skipping the incomplete checkpoint {checkpoint_dir} (interrupted while it was written).")
-    return None
+            complete.append(checkpoint_dir)
+        else:
+            logger.warning(f"Skipping the incomplete checkpoint {checkpoint_dir} (interrupted while it was written).")
+    return complete
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint of `output_dir` that was written completely; torn ones are skipped with a warning."""
+    checkpoints = complete_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None

@@ -15,9 +15,9 @@
 import contextlib
 import dataclasses
 import gc
-import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl import SFTTrainer, pack_dataset
 
 from .adapters import (
+    ADAPTER_CONFIG_NAME,
     DEFAULT_ADAPTER,
     adapter_state_dict,
     choose_adapter_transition,
@@ -53,11 +54,14 @@ from .callbacks import (
 from .checkpointing import (
     CURRICULUM_STATE_NAME,
     atomic_path,
-    last_complete_checkpoint,
+    complete_checkpoints,
+    install_files,
     read_json,
+    remove_staging_leftovers,
     write_json_atomic,
 )
 from .curriculum import Stage, build_stages, dataset_levels, resolve_replay
+from .fingerprint import as_json, data_fingerprint, fingerprint_differences, model_fingerprint, training_fingerprint
 from .plrs_config import PLRSConfig
 from .quantization import is_quantized, keep_4bit_weights_trainable_on_cpu
 from .replay import stage_row_indices
@@ -235,6 +239,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.stage_peft_config = peft_config
         self.curriculum_state = CurriculumState()
         self.stage_summaries: list[dict[str, Any]] = []
+        self._run_fingerprint = None
 
         first_stage_config = dataclasses.replace(
             peft_config, r=self.stages[0].lora_rank, lora_alpha=self.stages[0].lora_alpha
@@ -407,6 +412,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         """
         start_time = time.time()
         self.callback_handler.check_stage_callbacks(self.plrs_callback)
+        if self.args.should_save:
+            for path in remove_staging_leftovers(self.args.output_dir):
+                logger.info(f"Removed {path}, left by an interrupted write.")
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         if checkpoint is not None:
             self._restore_curriculum(checkpoint)
@@ -564,14 +572,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
             return None
         if resume_from_checkpoint is True:
-            checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if checkpoint is None:
-                raise ValueError(
-                    f"`resume_from_checkpoint=True` but `output_dir` ({self.args.output_dir}) holds no complete "
-                    "checkpoint. Set `save_strategy`/`save_steps` so that checkpoints are written, or start without "
-                    "`resume_from_checkpoint`."
-                )
-            return checkpoint
+            return self._last_checkpoint_of_this_run()
         if not os.path.isfile(os.path.join(resume_from_checkpoint, CURRICULUM_STATE_NAME)):
             raise ValueError(
                 f"`resume_from_checkpoint` is {resume_from_checkpoint!r}, which holds no {CURRICULUM_STATE_NAME}: it "
@@ -580,8 +581,52 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             )
         return resume_from_checkpoint
 
+    def _last_checkpoint_of_this_run(self) -> str:
+        """
+        The newest complete checkpoint in `output_dir` written by this run (the same fingerprint). Checkpoints of
+        another run that used the same folder are skipped with a warning, so a resume never continues another run.
+        """
+        output_dir = self.args.output_dir
+        checkpoints = complete_checkpoints(output_dir)
+        if not checkpoints:
+            raise ValueError(
+                f"`resume_from_checkpoint=True` but `output_dir` ({output_dir}) holds no complete checkpoint. Set "
+                "`save_strategy`/`save_steps` so that checkpoints are written, or start without "
+                "`resume_from_checkpoint`."
+            )
+        fingerprint = self.curriculum_fingerprint()
+        others, differences_of_others = [], []
+        for checkpoint in reversed(checkpoints):
+            saved = read_json(os.path.join(checkpoint, CURRICULUM_STATE_NAME))["fingerprint"]
+            differences = fingerprint_differences(saved, fingerprint)
+            if not differences:
+                if others:
+                    logger.warning(
+                        f"Skipped the checkpoints {others} of `output_dir`: another run wrote them (they differ in "
+                        f"{sorted({name for name, _, _ in differences_of_others})}). Resuming from {checkpoint}."
+                    )
+                return checkpoint
+            others.append(os.path.basename(checkpoint))
+            differences_of_others = differences
+        raise ValueError(
+            f"`resume_from_checkpoint=True`, but every checkpoint in `output_dir` ({output_dir}: {others}) belongs to "
+            f"another run: they differ from this trainer in {[name for name, _, _ in differences_of_others]}. Resume "
+            "with that run's model, configuration and data, or start a new run in another `output_dir`."
+        )
+
     def curriculum_fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must agree on with this trainer for a resume to continue the same curriculum."""
+        """
+        What a checkpoint must agree on with this trainer for a resume to continue the same run: the model (id and
+        config), the LoRA settings, the optimizer, the schedule and batch, the stage plan, the data and the seed (see
+        `trl_plrs.fingerprint`).
+        """
+        if self._run_fingerprint is None:
+            model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            self._run_fingerprint = {
+                "model": model_fingerprint(model_name_or_path(model), model.config.to_dict()),
+                "data_sha256": data_fingerprint(self.curriculum_dataset),
+                **training_fingerprint(self.args, self.stage_peft_config),
+            }
         fingerprint = {
             "stages": [dataclasses.asdict(stage) for stage in self.stages],
             "replay": self.replay,
@@ -589,20 +634,19 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             "seed": self.args.seed,
             "curriculum_column": self.args.curriculum_column,
             "rows_per_level": {str(level): self.row_levels.count(level) for level in sorted(set(self.row_levels))},
+            **self._run_fingerprint,
         }
-        return json.loads(json.dumps(fingerprint))  # as it reads back from a checkpoint (tuples become lists)
+        return as_json(fingerprint)  # as it reads back from a checkpoint
 
     def _restore_curriculum(self, checkpoint: str) -> None:
         saved = read_json(os.path.join(checkpoint, CURRICULUM_STATE_NAME))
-        fingerprint = self.curriculum_fingerprint()
-        differences = [key for key in fingerprint if saved["fingerprint"].get(key) != fingerprint[key]]
+        differences = fingerprint_differences(saved["fingerprint"], self.curriculum_fingerprint())
         if differences:
-            details = "; ".join(
-                f"{key}: checkpoint {saved['fingerprint'].get(key)!r}, now {fingerprint[key]!r}" for key in differences
-            )
+            details = "; ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, old, new in differences[:8])
             raise ValueError(
-                f"Cannot resume from {checkpoint}: its curriculum differs from this trainer's ({details}). Resume with "
-                "the configuration and training data of the run that wrote the checkpoint, or start a new run in "
+                f"Cannot resume from {checkpoint}: it belongs to another run, whose fields "
+                f"{[name for name, _, _ in differences]} differ from this trainer's ({details}). Resume with the "
+                "model, configuration and training data of the run that wrote the checkpoint, or start a new run in "
                 "another `output_dir`."
             )
         state = CurriculumState(**saved["curriculum_state"])
@@ -703,12 +747,17 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             stage_dirs = [stage_dir(self.args.output_dir, stage.index) for stage in self.trained_stages]
-            concatenate_lora_adapters(stage_dirs, output_dir)
-            self.processing_class.save_pretrained(output_dir)
-            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-            self.create_model_card(model_name=_model_name(self.args))
-            if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
-                shutil.copy(os.path.join(self.args.output_dir, "README.md"), os.path.join(output_dir, "README.md"))
+            self.create_model_card(model_name=_model_name(self.args))  # TRL writes it to `args.output_dir`
+            os.makedirs(output_dir, exist_ok=True)
+            # Written whole in a staging folder, then installed with the adapter config last: a crash leaves the
+            # previous adapter or none, never new weights beside an old config.
+            with tempfile.TemporaryDirectory(prefix=".final-adapter-", suffix=".tmp", dir=output_dir) as staging:
+                concatenate_lora_adapters(stage_dirs, staging)
+                self.processing_class.save_pretrained(staging)
+                torch.save(self.args, os.path.join(staging, TRAINING_ARGS_NAME))
+                if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+                    shutil.copy(os.path.join(self.args.output_dir, "README.md"), os.path.join(staging, "README.md"))
+                install_files(staging, output_dir, entry_point=ADAPTER_CONFIG_NAME)
         self.accelerator.wait_for_everyone()
 
 

@@ -582,8 +582,20 @@ def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluation
                 f"`eval_dataset` with the `curriculum_column` {column!r}, e.g. the validation part of "
                 "`trl_plrs.data.split_train_validation(train_dataset)` (never the test split), or unset those fields."
             )
-        if eval_dataset is not None:
-            logger.info(f"The `eval_dataset` has no column {column!r}: evaluating it as a whole, not per level.")
+        if isinstance(eval_dataset, Dataset) and not args.eval_packing:
+            # Evaluated as a whole, `eval_loss` (and so model selection and early stopping) would mix every level,
+            # including those later stages train: refused unless asked for.
+            raise ValueError(
+                f"The `eval_dataset` has no `curriculum_column` {column!r} (columns: {eval_dataset.column_names}), so "
+                "every evaluation would mix all levels, those of later stages included. Keep the level column in the "
+                "evaluation rows (e.g. the validation part of `trl_plrs.data.split_train_validation(train_dataset)`), "
+                "or set `stage_eval_per_level=False` to evaluate the data as a whole on purpose."
+            )
+        if eval_dataset is not None and not args.eval_packing:
+            logger.warning(
+                f"The `eval_dataset` is a `{type(eval_dataset).__name__}`, not one `datasets.Dataset` with the "
+                f"`curriculum_column` {column!r}: it is evaluated as given, not per level."
+            )
         return None
 
     eval_levels = dataset_levels(eval_dataset, column)
