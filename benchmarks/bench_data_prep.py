@@ -38,13 +38,14 @@ import tempfile
 
 import numpy as np
 from common import (
+    DEFAULT_MATH_TRAIN,
     LORA_TARGETS,
-    REPOSITORY_ROOT,
     RESULTS_DIR,
     Stopwatch,
     fmt,
     markdown_table,
     quiet_libraries,
+    resolve_math_path,
     summarize,
     write_results,
 )
@@ -57,13 +58,7 @@ from trl_plrs.data import load_math, math_corpus, to_prompt_completion
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 
-DEFAULT_MATH_TRAIN = os.path.join("..", "shared", "data", "math", "train.jsonl")
 LEVELS = (1, 2, 3, 4, 5)
-
-
-def resolve_math_path(path: str) -> str | None:
-    candidates = [path] if os.path.isabs(path) else [path, os.path.join(REPOSITORY_ROOT, path)]
-    return next((candidate for candidate in candidates if os.path.exists(candidate)), None)
 
 
 def load_rows(math_train_path: str, limit: int | None) -> Dataset:

@@ -49,6 +49,7 @@ from common import (
     RESULTS_DIR,
     PhaseClock,
     TimedCurriculumTrainer,
+    bench_config_kwargs,
     markdown_table,
     quiet_libraries,
     stage_phases,
@@ -173,22 +174,13 @@ class GpuMemory(CurriculumCallback):
 
 
 def config_kwargs(output_dir: str, steps: int, batch_size: int, seq_len: int, on_gpu: bool) -> dict:
-    return dict(
-        output_dir=output_dir,
-        use_cpu=not on_gpu,
-        bf16=on_gpu,
-        report_to="none",
-        per_device_train_batch_size=batch_size,
-        max_steps=steps,
-        warmup_steps=0,
-        learning_rate=5e-5,  # the paper's
-        logging_strategy="no",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=7,
-        max_length=seq_len,
-        dataloader_num_workers=0,
-    )
+    # The shared benchmark settings, on the GPU in bf16 (autocast), at the paper's learning rate.
+    return {
+        **bench_config_kwargs(output_dir, steps, batch_size, max_length=seq_len),
+        "use_cpu": not on_gpu,
+        "bf16": on_gpu,
+        "learning_rate": 5e-5,
+    }
 
 
 def run_one(name, base_dir, rows, tokenizer, args, work_dir, device) -> dict:

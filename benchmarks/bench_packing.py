@@ -34,12 +34,13 @@ import tempfile
 import time
 
 from common import (
+    DEFAULT_MATH_TRAIN,
     LORA_TARGETS,
-    REPOSITORY_ROOT,
     RESULTS_DIR,
     fmt,
     markdown_table,
     quiet_libraries,
+    resolve_math_path,
     summarize,
     write_results,
 )
@@ -49,9 +50,6 @@ from peft import LoraConfig
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.data import load_math, make_synthetic_math, math_corpus, to_prompt_completion
 from trl_plrs.testing import build_tiny_model, build_tokenizer
-
-
-DEFAULT_MATH_TRAIN = os.path.join("..", "shared", "data", "math", "train.jsonl")
 
 
 class TokenClock(CurriculumCallback):
@@ -178,8 +176,7 @@ def main(argv=None):
     quiet_libraries()
     math_path = None
     if not args.synthetic:
-        candidates = [args.math_train_path, os.path.join(REPOSITORY_ROOT, args.math_train_path)]
-        math_path = next((path for path in candidates if os.path.exists(path)), None)
+        math_path = resolve_math_path(args.math_train_path)
         if math_path is None:
             print(f"Skipping: no MATH train file at {args.math_train_path} (use --synthetic for a smoke run).")
             return None

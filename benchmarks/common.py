@@ -54,6 +54,15 @@ SHARED_MACHINE_NOTE = (
 )
 
 
+DEFAULT_MATH_TRAIN = os.path.join("..", "shared", "data", "math", "train.jsonl")
+
+
+def resolve_math_path(path: str) -> str | None:
+    """`path` as given or relative to the repository root, if it exists (MATH is not shipped with the repository)."""
+    candidates = [path] if os.path.isabs(path) else [path, os.path.join(REPOSITORY_ROOT, path)]
+    return next((candidate for candidate in candidates if os.path.exists(candidate)), None)
+
+
 def quiet_libraries() -> None:
     """Silence progress bars and info logs, which would otherwise be timed too."""
     import datasets

@@ -316,35 +316,40 @@ def test_stack_mode_never_changes_the_base_weights(tmp_path, tokenizer):
         torch.testing.assert_close(value, original[original_name], atol=0, rtol=0)
 
 
-def test_one_stage_curriculum_matches_sft_trainer(tmp_path, tokenizer):
+def train_one_stage_beside_sft(tmp_path, tokenizer, sft_lora, our_lora, curriculum_kwargs, **overrides):
+    """`SFTTrainer` and a one-stage curriculum on the same rows, seed and settings; both trained."""
     dataset = make_leveled_dataset()
-    common = dict(
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=5e-3,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=3,
-    )
+    common = {
+        **dict(
+            use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=4, max_steps=4,
+            learning_rate=5e-3, save_strategy="no", disable_tqdm=True, seed=3,
+        ),
+        **overrides,
+    }  # fmt: skip
     sft = SFTTrainer(
         build_tiny_model(tokenizer),
         args=SFTConfig(str(tmp_path / "sft"), **common),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(r=32, lora_alpha=64),
+        peft_config=sft_lora,
     )
     sft.train()
     ours = CurriculumSFTTrainer(
         build_tiny_model(tokenizer),
-        args=PLRSConfig(str(tmp_path / "ours"), plrs_preset="direct", **common),
+        args=PLRSConfig(str(tmp_path / "ours"), **curriculum_kwargs, **common),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(),
+        peft_config=our_lora,
     )
     ours.train()
+    return sft, ours
+
+
+def test_one_stage_curriculum_matches_sft_trainer(tmp_path, tokenizer):
+    # The `direct` preset: one stage with every level at rank 32, alpha 64.
+    sft, ours = train_one_stage_beside_sft(
+        tmp_path, tokenizer, lora_config(r=32, lora_alpha=64), lora_config(), {"plrs_preset": "direct"}
+    )
     assert len(ours.stages) == 1 and ours.stages[0].levels == (1, 2, 3)
     assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-0"))
 

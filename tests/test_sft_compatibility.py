@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumCallback, CurriculumSFTTrainer
 from trl_plrs.adapters import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, concatenate_lora_adapters
 from trl_plrs.callbacks import stage_dir
 from trl_plrs.testing import build_tiny_model, build_tokenizer
@@ -332,31 +332,15 @@ def test_train_output_reports_what_sft_trainer_reports(tmp_path, tokenizer):
 
 
 def test_one_stage_with_packing_equals_sft_trainer_with_packing(tmp_path, tokenizer):
-    from .test_plrs_trainer import assert_same_adapter
+    from .test_plrs_trainer import assert_same_adapter, train_one_stage_beside_sft
 
-    dataset = make_leveled_dataset()
-    common = dict(
-        use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=2, max_steps=3, learning_rate=5e-3,
-        save_strategy="no", disable_tqdm=True, seed=3, packing=True, max_length=64,
+    lora = lora_config(r=8, lora_alpha=16)
+    sft, ours = train_one_stage_beside_sft(
+        tmp_path, tokenizer, lora, lora, {"curriculum_stages": ["1,2,3"]}, packing=True, max_length=64,
+        per_device_train_batch_size=2, max_steps=3,
     )  # fmt: skip
-    sft = SFTTrainer(
-        build_tiny_model(tokenizer),
-        args=SFTConfig(str(tmp_path / "sft"), **common),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(r=8, lora_alpha=16),
-    )
-    sft.train()
-    ours = CurriculumSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=PLRSConfig(str(tmp_path / "ours"), curriculum_stages=["1,2,3"], **common),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(r=8, lora_alpha=16),
-    )
-    ours.train()
     # The same packed sequences (so the same batches), and the same trained adapter.
-    assert len(ours.train_dataset) == len(sft.train_dataset) < len(dataset)
+    assert len(ours.train_dataset) == len(sft.train_dataset) < len(make_leveled_dataset())
     assert ours.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     assert ours.train_dataset["seq_lengths"] == sft.train_dataset["seq_lengths"]
     assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-0"))

@@ -426,9 +426,7 @@ def test_eval_dataset_without_levels_is_refused_unless_asked_for(tmp_path):
 
     tokenizer = build_tokenizer()
     eval_rows = Dataset.from_list(
-        [
-            {"prompt": [{"role": "user", "content": "1 + 1?"}], "completion": [{"role": "assistant", "content": "2"}]}
-        ]
+        [{"prompt": [{"role": "user", "content": "1 + 1?"}], "completion": [{"role": "assistant", "content": "2"}]}]
         * 4
     )
 
