@@ -98,3 +98,12 @@ def test_invalid_values_raise_one_clear_error(kwargs, match):
 
 def test_alpha_ratio_from_yaml_string_is_a_number():
     assert make_config(lora_alpha_ratio="2").lora_alpha_ratio == 2.0
+
+
+def test_bf16_follows_the_hardware_when_unset():
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    # As the README's example builds it: no precision flag, no `use_cpu`. On a CPU machine: fp32, no error.
+    config = PLRSConfig(output_dir="out", plrs_preset="replay_shrink", report_to="none")
+    assert config.bf16 is is_torch_bf16_gpu_available()
+    assert PLRSConfig(output_dir="out", report_to="none", use_cpu=True, bf16=True).bf16 is True

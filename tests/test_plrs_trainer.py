@@ -587,8 +587,10 @@ def test_resume_errors(tmp_path, tokenizer):
 def test_resume_with_a_different_curriculum_is_refused(tmp_path, tokenizer):
     make_trainer(tmp_path, tokenizer, max_steps=1, save_strategy="steps", save_steps=1).train()
     other = make_trainer(tmp_path, tokenizer, max_steps=1, lora_ranks=[32, 8, 4])
-    with pytest.raises(ValueError, match="its curriculum differs from this trainer's \\(stages: checkpoint"):
+    with pytest.raises(ValueError, match=r"every checkpoint in `output_dir` .* belongs to another run.*\['stages'\]"):
         other.train(resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match=r"belongs to another run, whose fields \['stages'\] differ .*stages: checkpoint"):
+        other.train(resume_from_checkpoint=os.path.join(tmp_path, "checkpoint-1"))
 
 
 def test_training_twice_needs_a_new_trainer_or_a_checkpoint(tmp_path, tokenizer):
@@ -614,3 +616,32 @@ def test_resume_with_different_stage_rows_is_refused(tmp_path, tokenizer):
     )
     with pytest.raises(ValueError, match="the rows of stage 2 \\(its levels plus the replay sample\\) differ"):
         other.train(resume_from_checkpoint=True)
+
+
+def test_raw_math_rows_get_one_error_naming_to_prompt_completion(tmp_path, tokenizer):
+    from trl_plrs.data import make_synthetic_math
+
+    with pytest.raises(ValueError, match=r"raw MATH columns .* `dataset.map\(to_prompt_completion\)`"):
+        CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=make_synthetic_math(num_per_level=2, levels=(1, 2, 3)),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+
+
+def test_rows_dropped_by_truncation_are_reported(tmp_path, tokenizer, caplog):
+    dataset = make_leveled_dataset()
+    long_prompt = [{"role": "user", "content": "What is " + " + ".join(["12"] * 60) + "?"}]
+    dataset = dataset.map(lambda row, index: {"prompt": long_prompt} if index < 3 else {}, with_indices=True)
+    with caplog.at_level("WARNING"):
+        trainer = CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(tmp_path, max_length=48),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+        )
+    assert len(trainer.curriculum_dataset) == len(dataset) - 3
+    assert f"dropped 3 of {len(dataset)} training rows" in caplog.text

@@ -15,6 +15,7 @@
 from dataclasses import dataclass, field
 
 from accelerate.logging import get_logger
+from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 from .curriculum import ADAPTER_TRANSITIONS, PRESETS, normalize_curriculum_stages, normalize_lora_ranks, parse_replay
@@ -180,7 +181,18 @@ class PLRSConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        # TRL turns bf16 on when it is unset, which fails on a machine without a bf16 GPU: there, train in fp32.
+        bf16_chosen = None
+        if self.bf16 is None and not self.fp16:
+            bf16_chosen = self.bf16 = is_torch_bf16_gpu_available()
         super().__post_init__()
+        if bf16_chosen is not None:
+            logger.info(
+                "`bf16` unset: training in bf16 mixed precision (this GPU supports it)."
+                if bf16_chosen
+                else "`bf16` unset and no GPU with bf16 here: training in fp32. Set `bf16=True` (with `use_cpu=True` "
+                "on a CPU) to use bf16 autocast anyway."
+            )
         if self.plrs_preset is not None and self.plrs_preset not in PRESETS:
             raise ValueError(
                 f"`plrs_preset` must be one of {list(PRESETS)}, but the value passed is {self.plrs_preset!r}. "

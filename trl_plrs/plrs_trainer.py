@@ -272,6 +272,13 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "`skip_prepare_dataset=True`, keep it beside `input_ids`."
             )
         self.row_levels = dataset_levels(self.curriculum_dataset, args.curriculum_column)
+        dropped = len(train_dataset) - len(self.curriculum_dataset)
+        if dropped > 0:
+            logger.warning(
+                f"Dataset preparation dropped {dropped} of {len(train_dataset):,} training rows (rows whose completion "
+                f"was truncated away by `max_length={args.max_length}`, which would train on nothing). Raise "
+                "`max_length` to keep them."
+            )
         self._check_every_stage_trains()
         # The dtype each targeted base weight came in: `fp32_merge` upcasts them, and the end restores it.
         self.base_weight_dtypes = {
@@ -912,6 +919,13 @@ def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list
     if len(train_dataset) == 0:
         raise ValueError("`train_dataset` is empty. Pass a dataset with at least one row per curriculum level.")
     column = args.curriculum_column
+    columns = set(train_dataset.column_names)
+    if {"problem", "solution"} <= columns and not columns & {"prompt", "completion", "messages", "text", "input_ids"}:
+        raise ValueError(
+            f"The training dataset has raw MATH columns ({sorted(columns)}) but no `prompt`/`completion`, `messages` "
+            "or `text` for `SFTTrainer` to train on. Convert the rows first: `dataset.map(to_prompt_completion)` "
+            "(from `trl_plrs`), which keeps the `level` column."
+        )
     if column not in train_dataset.column_names:
         raise ValueError(
             f"`curriculum_column` is {column!r}, but the training dataset has no such column (columns: "
