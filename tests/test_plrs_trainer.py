@@ -589,7 +589,9 @@ def test_resume_with_a_different_curriculum_is_refused(tmp_path, tokenizer):
     other = make_trainer(tmp_path, tokenizer, max_steps=1, lora_ranks=[32, 8, 4])
     with pytest.raises(ValueError, match=r"every checkpoint in `output_dir` .* belongs to another run.*\['stages'\]"):
         other.train(resume_from_checkpoint=True)
-    with pytest.raises(ValueError, match=r"belongs to another run, whose fields \['stages'\] differ .*stages: checkpoint"):
+    with pytest.raises(
+        ValueError, match=r"belongs to another run, whose fields \['stages'\] differ .*stages: checkpoint"
+    ):
         other.train(resume_from_checkpoint=os.path.join(tmp_path, "checkpoint-1"))
 
 
