@@ -303,6 +303,7 @@ def test_forgetting_matrix_matches_separate_evaluations_and_never_reads_test(tmp
         assert row["loss"] == pytest.approx([separate.losses[stage][level] for level in (1, 2, 3)], abs=1e-5)
         assert row["exact_match"] == [separate.exact_match[stage][level] for level in (1, 2, 3)]
     assert (tmp_path / FORGETTING_HEATMAP_PNG).stat().st_size > 0
+    assert "![](forgetting_heatmap.png)" in (tmp_path / "README.md").read_text()  # the model card shows it
     assert (tmp_path / FORGETTING_MATRIX_CSV).exists()
     for name in ("before_training", "after_stage-0", "after_stage-2"):
         with open(tmp_path / "stage_eval" / name / "predictions.csv") as file:

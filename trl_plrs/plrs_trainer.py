@@ -215,8 +215,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         if self.is_quantized and args.adapter_transition == "merge":
             raise ValueError(
                 "`adapter_transition='merge'` cannot be used with a quantized (4-bit or 8-bit) base model: merging "
-                "a finished adapter into quantized weights would round it away. Set `adapter_transition='stack'`, "
-                "which keeps finished adapters frozen and active beside the new one."
+                "a finished adapter into quantized weights would round it away. Use `adapter_transition='auto'` (the "
+                "default) or 'stack', which keep finished adapters frozen and active beside the new one."
             )
 
         train_dataset, row_levels = _select_leveled_rows(train_dataset, args)
@@ -411,11 +411,14 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         **kwargs,
     ) -> TrainOutput:
         """
-        Train every stage of the curriculum, in order, then save the combined adapter to `output_dir`.
+        Train every stage of the curriculum, in order, then save the combined adapter to `output_dir` and make
+        `self.model` the original base with that adapter (see `_install_combined_adapter`).
 
-        `state.global_step` keeps growing across stages; every log entry carries `stage`, `lora_rank` and
-        `trainable_params`. Returns the [`~transformers.trainer_utils.TrainOutput`] of the whole curriculum, with the
-        training loss averaged over every step of every stage.
+        Callbacks and trackers see one training run: `on_train_begin` once, `on_train_end` once at the very end.
+        `state.global_step` and `epoch` keep growing across stages; every log entry carries `stage`, `lora_rank`,
+        `trainable_params` and `stage_epoch`. A stop request from a callback ends the curriculum after its stage.
+        Returns the [`~transformers.trainer_utils.TrainOutput`] of the whole curriculum, with the training loss
+        averaged over every step of every stage.
         """
         start_time = time.time()
         self.callback_handler.check_stage_callbacks(self.plrs_callback)
@@ -493,7 +496,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         dtype), so the base model object you passed ends as it began, up to float rounding. Skipped under DeepSpeed
         and FSDP, whose engines own the weights: there `save_model`/`push_to_hub` still write the combined adapter.
         """
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not self.args.should_save:
+        # Every process reads the adapter `save_model` wrote (it waits for the main process); a process that cannot see
+        # `output_dir` (another node, no shared filesystem) keeps its stage adapters, with the same function.
+        combined_config = os.path.join(self.args.output_dir, ADAPTER_CONFIG_NAME)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not os.path.isfile(combined_config):
             return
         model = self.model
         model.load_adapter(self.args.output_dir, adapter_name=COMBINED_ADAPTER)
