@@ -38,6 +38,7 @@ from trl import SFTTrainer, pack_dataset
 
 from .adapters import (
     ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER,
     adapter_state_dict,
     choose_adapter_transition,
@@ -690,6 +691,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         card = card.replace(marker, section + marker, 1) if marker in card else card + "\n" + section
         with open(path, "w", encoding="utf-8") as file:
             file.write(card)
+
+    def reload_trainable_adapter(self, checkpoint: str) -> None:
+        """Load the trainable `"default"` adapter's weights from `checkpoint` (stack mode, where it sits at the root)."""
+        if self.curriculum_state.frozen_adapters and os.path.isfile(os.path.join(checkpoint, ADAPTER_WEIGHTS_NAME)):
+            self.model.load_adapter(checkpoint, adapter_name=DEFAULT_ADAPTER, is_trainable=True)
 
     def save_curriculum_state(self, checkpoint_dir: str) -> None:
         """

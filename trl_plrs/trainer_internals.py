@@ -92,8 +92,12 @@ class TrainerInternalsMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # `Trainer._load_from_checkpoint` reloads the PEFT adapters of a checkpoint, then activates only the first
-        # active one; the frozen stage adapters are activated again after it.
+        # active one; the frozen stage adapters are activated again after it. With frozen adapters (saved in
+        # sub-folders of the checkpoint), transformers 5.20 loads only the sub-folders and skips the trainable
+        # "default" adapter at the checkpoint's root (5.24 loads it): it is loaded here on every version, which
+        # makes a stack-mode resume exact on the whole tested range.
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.reload_trainable_adapter(resume_from_checkpoint)
         self.plrs_callback.activate_adapters()
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
