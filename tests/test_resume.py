@@ -155,3 +155,32 @@ def test_staging_leftovers_are_removed_at_the_next_start(tmp_path, tokenizer):
     _trainer(tmp_path, tokenizer, max_steps=1).train()
     assert not any(path.exists() for path in leftovers)
     assert not [name for name in os.listdir(tmp_path) if name.endswith((".tmp", ".tmp.old"))]
+
+
+class DieAtStageEnd:
+    """A callback that raises when stage `stage` ends (after its last checkpoint and its adapter are written)."""
+
+    def __new__(cls, stage_index):
+        from trl_plrs import CurriculumCallback
+
+        class _Die(CurriculumCallback):
+            def on_stage_end(self, args, state, control, stage, **kwargs):
+                if stage.index == stage_index:
+                    raise RuntimeError("killed at the stage's end")
+
+        return _Die()
+
+
+@pytest.mark.parametrize("mode", ["merge", "stack"])
+def test_resume_at_the_end_of_a_stage_that_ends_mid_epoch(tmp_path, tokenizer, mode):
+    # 8 rows of level 1 at batch 3: 3 steps per epoch, so a 4-step stage ends one step into its second epoch.
+    settings = dict(max_steps=4, per_device_train_batch_size=3, adapter_transition=mode)
+    _trainer(tmp_path / "uninterrupted", tokenizer, **settings).train()
+    with pytest.raises(RuntimeError, match="killed at the stage's end"):
+        _trainer(tmp_path / "interrupted", tokenizer, callbacks=[DieAtStageEnd(0)], **settings).train()
+    resumed = _trainer(tmp_path / "interrupted", tokenizer, **settings)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 12  # no extra step after the resumed stage's last one
+    expected, actual = (adapter_weights(tmp_path / name) for name in ("uninterrupted", "interrupted"))
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)

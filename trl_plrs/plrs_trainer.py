@@ -550,6 +550,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         resumed: bool,
         max_steps: int,
         num_update_steps_per_epoch: int,
+        num_train_epochs: int,
         epochs_trained: int,
         steps_trained_in_current_epoch: int,
     ) -> tuple[int, int]:
@@ -574,6 +575,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         else:
             # The checkpoint's `global_step` counts every stage; the data to skip is counted within this stage.
             steps_in_stage = self.state.global_step - self.curriculum_state.stage_start_step
+            if steps_in_stage >= max_steps:
+                # The checkpoint closed its stage. Mid-epoch, the Trainer's loop would still run the rest of that
+                # epoch's first step (its stop flag is set only at a step's end): no epoch is left to run instead.
+                self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
+                return num_train_epochs, 0
             epochs_trained = steps_in_stage // num_update_steps_per_epoch
             steps_trained_in_current_epoch = 0
             if not self.args.ignore_data_skip:

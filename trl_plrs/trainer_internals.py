@@ -77,7 +77,13 @@ class TrainerInternalsMixin:
         )
         resumed = resume_from_checkpoint is not None
         return self.continue_training_state(
-            previous, resumed, max_steps, num_update_steps_per_epoch, epochs_trained, steps_trained_in_current_epoch
+            previous,
+            resumed,
+            max_steps,
+            num_update_steps_per_epoch,
+            num_train_epochs,
+            epochs_trained,
+            steps_trained_in_current_epoch,
         )
 
     def _save_checkpoint(self, model, trial) -> None:
