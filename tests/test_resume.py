@@ -184,3 +184,43 @@ def test_resume_at_the_end_of_a_stage_that_ends_mid_epoch(tmp_path, tokenizer, m
     expected, actual = (adapter_weights(tmp_path / name) for name in ("uninterrupted", "interrupted"))
     for key, value in expected.items():
         torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("mode", ["merge", "stack"])
+def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
+    from .conftest import make_leveled_dataset
+
+    # `greater_is_better=True` on the loss: every evaluation after the first is "worse", so with patience 1 each stage
+    # stops at its second step of 4, loading its best checkpoint (its first step).
+    settings = dict(
+        adapter_transition=mode, max_steps=4, eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
+        early_stopping_patience=1, metric_for_best_model="loss", greater_is_better=True,
+    )  # fmt: skip
+
+    def build(output_dir, callbacks=()):
+        from trl_plrs import CurriculumSFTTrainer
+        from trl_plrs.testing import build_tiny_model
+
+        from .test_plrs_trainer import lora_config, make_args
+
+        return CurriculumSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_args(output_dir, save_strategy="steps", save_steps=1, **settings),
+            train_dataset=make_leveled_dataset(),
+            eval_dataset=make_leveled_dataset(rows_per_level=2),
+            processing_class=tokenizer,
+            peft_config=lora_config(lora_dropout=0.0),
+            callbacks=list(callbacks),
+        )
+
+    uninterrupted = build(tmp_path / "uninterrupted")
+    uninterrupted.train()
+    assert [summary["steps"] for summary in uninterrupted.stage_summaries] == [2, 2, 2]  # every stage stopped early
+    with pytest.raises(RuntimeError, match="killed at the stage's end"):
+        build(tmp_path / "interrupted", callbacks=[DieAtStageEnd(0)]).train()
+    resumed = build(tmp_path / "interrupted")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == uninterrupted.state.global_step == 6  # stage 0 was not trained again
+    expected, actual = (adapter_weights(tmp_path / name) for name in ("uninterrupted", "interrupted"))
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)

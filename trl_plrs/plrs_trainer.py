@@ -70,6 +70,7 @@ from .stage_evaluation import install_stage_evaluation
 from .trainer_internals import (
     TrainerInternalsMixin,
     check_trainer_internals,
+    early_stopped_at_checkpoint,
     early_stopping_triggered,
     model_name_or_path,
 )
@@ -575,9 +576,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         else:
             # The checkpoint's `global_step` counts every stage; the data to skip is counted within this stage.
             steps_in_stage = self.state.global_step - self.curriculum_state.stage_start_step
-            if steps_in_stage >= max_steps:
-                # The checkpoint closed its stage. Mid-epoch, the Trainer's loop would still run the rest of that
-                # epoch's first step (its stop flag is set only at a step's end): no epoch is left to run instead.
+            if steps_in_stage >= max_steps or early_stopped_at_checkpoint(self.state):
+                # The checkpoint closed its stage: its last step, or the step at which early stopping ended it. The
+                # Trainer's loop would still run a step (its stop flag is set only at a step's end, and the saved
+                # early-stopping state is not a stop): no epoch is left to run instead. The stage then ends as it did,
+                # loading its best checkpoint with `load_best_model_at_end`.
                 self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
                 return num_train_epochs, 0
             epochs_trained = steps_in_stage // num_update_steps_per_epoch

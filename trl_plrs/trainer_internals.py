@@ -155,6 +155,28 @@ def early_stopping_triggered(callback: EarlyStoppingCallback) -> bool:
     return callback.early_stopping_patience_counter >= callback.early_stopping_patience
 
 
+def early_stopped_at_checkpoint(state) -> bool:
+    """
+    Whether a checkpoint's `TrainerState` (as `TrainerState.load_from_json` reads it) was saved by the step at which
+    an [`~transformers.EarlyStoppingCallback`] ran out of patience and stopped training. The Trainer saves each
+    `ExportableState` callback's attributes and the `TrainerControl` in `state.stateful_callbacks`
+    (`{name: {"args": ..., "attributes": ...}}`, or a list of those per class; transformers 5.20-5.24).
+    """
+    saved = state.stateful_callbacks or {}
+
+    def entries(name):
+        value = saved.get(name) or []
+        return value if isinstance(value, list) else [value]
+
+    ran_out = any(
+        entry["attributes"].get("early_stopping_patience_counter", 0)
+        >= entry["args"].get("early_stopping_patience", 1)
+        for entry in entries("EarlyStoppingCallback")
+    )
+    stopped = any(entry["args"].get("should_training_stop") for entry in entries("TrainerControl"))
+    return ran_out and stopped
+
+
 def close_prediction_bars(callbacks: list[TrainerCallback]) -> None:
     """
     Close the evaluation bar that `Trainer.evaluation_loop` opened in every [`~transformers.ProgressCallback`]; only
