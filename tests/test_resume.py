@@ -224,3 +224,18 @@ def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
     expected, actual = (adapter_weights(tmp_path / name) for name in ("uninterrupted", "interrupted"))
     for key, value in expected.items():
         torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_seeded_random_kills_resume_exactly(tmp_path):
+    """The CI subset of `tests/stress/kill_resume.py` (30 trials, output committed beside it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "kill_resume", os.path.join(os.path.dirname(__file__), "stress", "kill_resume.py")
+    )
+    kill_resume = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_resume)
+    summary = kill_resume.main(["--trials", "10", "--seed", "1", "--output", str(tmp_path / "results.md")])
+    assert summary["killed"] >= 8
+    assert summary["exact"] == len(summary["trials"]), [trial for trial in summary["trials"] if not trial["exact"]]

@@ -79,6 +79,10 @@ def main():
     parser.add_argument("--kill_while_saving_step", type=int)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lora_ranks", type=int, nargs="+", default=[8, 4, 2])
+    parser.add_argument("--per_device_train_batch_size", type=int, default=4, help="3: stages end mid-epoch.")
+    parser.add_argument(
+        "--early_stopping", action="store_true", help="Evaluate every step; each stage stops early at its 2nd step."
+    )
     cli = parser.parse_args()
 
     from datasets import Dataset
@@ -91,7 +95,7 @@ def main():
         bf16=False,
         report_to="none",
         disable_tqdm=True,
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=cli.per_device_train_batch_size,
         max_steps=4,
         warmup_steps=1,
         learning_rate=5e-3,
@@ -103,12 +107,27 @@ def main():
         lora_ranks=cli.lora_ranks,
         replay=0.5,
         adapter_transition=cli.adapter_transition,
+        **(
+            # `greater_is_better=True` on the loss: every evaluation after a stage's first is "worse", so patience 1
+            # stops each stage at its 2nd step and loads its best checkpoint.
+            dict(
+                eval_strategy="steps",
+                eval_steps=1,
+                load_best_model_at_end=True,
+                early_stopping_patience=1,
+                metric_for_best_model="loss",
+                greater_is_better=True,
+            )
+            if cli.early_stopping
+            else {}
+        ),
     )
     TornCheckpointTrainer.kill_while_saving_step = cli.kill_while_saving_step
     trainer = TornCheckpointTrainer(
         build_tiny_model(tokenizer, seed=5),
         args=args,
         train_dataset=Dataset.from_list(leveled_rows()),
+        eval_dataset=Dataset.from_list(leveled_rows(rows_per_level=2)) if cli.early_stopping else None,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.1),
         callbacks=[KillSwitch(cli.kill_at_step, cli.kill_after_transition_to)],
