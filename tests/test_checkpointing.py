@@ -20,8 +20,8 @@ from trl_plrs.checkpointing import (
     CURRICULUM_STATE_NAME,
     TRAINER_STATE_NAME,
     atomic_path,
+    complete_checkpoints,
     is_complete_checkpoint,
-    last_complete_checkpoint,
     read_json,
     write_json_atomic,
 )
@@ -68,24 +68,24 @@ def make_checkpoint(output_dir, step, complete=True):
     return str(path)
 
 
-def test_last_complete_checkpoint_skips_torn_checkpoints(tmp_path):
-    make_checkpoint(tmp_path, 2)
+def test_complete_checkpoints_skip_torn_checkpoints(tmp_path):
+    two = make_checkpoint(tmp_path, 2)
     nine = make_checkpoint(tmp_path, 9)
     make_checkpoint(tmp_path, 10, complete=False)
     (tmp_path / "checkpoint-11").mkdir()  # killed before anything was written
-    assert last_complete_checkpoint(str(tmp_path)) == nine
+    assert complete_checkpoints(str(tmp_path)) == [two, nine]
     assert not is_complete_checkpoint(str(tmp_path / "checkpoint-10"))
 
 
-def test_last_complete_checkpoint_orders_by_step_not_name(tmp_path):
+def test_complete_checkpoints_order_by_step_not_name(tmp_path):
     make_checkpoint(tmp_path, 9)
     ten = make_checkpoint(tmp_path, 10)
-    assert last_complete_checkpoint(str(tmp_path)) == ten
+    assert complete_checkpoints(str(tmp_path))[-1] == ten
 
 
 def test_no_checkpoint(tmp_path):
-    assert last_complete_checkpoint(str(tmp_path)) is None
-    assert last_complete_checkpoint(str(tmp_path / "missing")) is None
+    assert complete_checkpoints(str(tmp_path)) == []
+    assert complete_checkpoints(str(tmp_path / "missing")) == []
 
 
 def test_install_files_never_pairs_a_new_file_with_an_old_entry_point(tmp_path, monkeypatch):

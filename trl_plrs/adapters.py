@@ -55,9 +55,14 @@ def stage_lora_config(peft_config: LoraConfig, stage: Stage) -> LoraConfig:
     return replace(peft_config, r=stage.lora_rank, lora_alpha=stage.lora_alpha)
 
 
+def named_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
+    """Every LoRA layer of `model`, with its module name."""
+    return ((name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer))
+
+
 def lora_layers(model: nn.Module) -> Iterator[LoraLayer]:
     """Every LoRA layer of `model`."""
-    return (module for module in model.modules() if isinstance(module, LoraLayer))
+    return (module for _, module in named_lora_layers(model))
 
 
 @contextlib.contextmanager
@@ -298,8 +303,7 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
         name: dequantize_module_weight(module.get_base_layer())
         .detach()
         .to(device="cpu", dtype=torch.float32, copy=True)
-        for name, module in model.named_modules()
-        if isinstance(module, LoraLayer)
+        for name, module in named_lora_layers(model)
     }
 
 
@@ -330,8 +334,8 @@ def export_mismatch(
     config = LoraConfig.from_pretrained(adapter_dirs)
     exported = load_file(os.path.join(adapter_dirs, ADAPTER_WEIGHTS_NAME))
     mismatch = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, LoraLayer) or name not in original_weights:
+    for name, layer in named_lora_layers(model):
+        if name not in original_weights:
             continue
         live = dequantize_module_weight(layer.get_base_layer()).detach().float()
         for adapter_name in layer.active_adapters:

@@ -155,9 +155,3 @@ def complete_checkpoints(output_dir: str) -> list[str]:
         else:
             logger.warning(f"Skipping the incomplete checkpoint {checkpoint_dir} (interrupted while it was written).")
     return complete
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint of `output_dir` that was written completely; torn ones are skipped with a warning."""
-    checkpoints = complete_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None

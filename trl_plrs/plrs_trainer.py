@@ -28,7 +28,6 @@ from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig
-from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainerState
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -44,6 +43,7 @@ from .adapters import (
     choose_adapter_transition,
     concatenate_lora_adapters,
     lora_layers,
+    named_lora_layers,
 )
 from .callbacks import (
     MERGE_TRANSITIONS,
@@ -284,7 +284,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self._check_every_stage_trains()
         # The dtype each targeted base weight came in: `fp32_merge` upcasts them, and the end restores it.
         self.base_weight_dtypes = {
-            name: layer.get_base_layer().weight.dtype for name, layer in _named_lora_layers(self.model)
+            name: layer.get_base_layer().weight.dtype for name, layer in named_lora_layers(self.model)
         }
         self.adapter_transition = self._resolve_adapter_transition()
         if self.is_quantized:
@@ -506,7 +506,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         model = self.model
         model.load_adapter(self.args.output_dir, adapter_name=COMBINED_ADAPTER)
         if self.adapter_transition in MERGE_TRANSITIONS:
-            for name, layer in _named_lora_layers(model):
+            for name, layer in named_lora_layers(model):
                 if COMBINED_ADAPTER not in layer.lora_A:
                     continue
                 weight = layer.get_base_layer().weight
@@ -581,13 +581,13 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 # Trainer's loop would still run a step (its stop flag is set only at a step's end, and the saved
                 # early-stopping state is not a stop): no epoch is left to run instead. The stage then ends as it did,
                 # loading its best checkpoint with `load_best_model_at_end`.
-                self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
-                return num_train_epochs, 0
-            epochs_trained = steps_in_stage // num_update_steps_per_epoch
-            steps_trained_in_current_epoch = 0
-            if not self.args.ignore_data_skip:
-                steps_in_epoch = steps_in_stage % num_update_steps_per_epoch
-                steps_trained_in_current_epoch = steps_in_epoch * self.args.gradient_accumulation_steps
+                epochs_trained, steps_trained_in_current_epoch = num_train_epochs, 0
+            else:
+                epochs_trained = steps_in_stage // num_update_steps_per_epoch
+                steps_trained_in_current_epoch = 0
+                if not self.args.ignore_data_skip:
+                    steps_in_epoch = steps_in_stage % num_update_steps_per_epoch
+                    steps_trained_in_current_epoch = steps_in_epoch * self.args.gradient_accumulation_steps
         self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
         return epochs_trained, steps_trained_in_current_epoch
 
@@ -819,10 +819,6 @@ def curriculum_card_section(trainer: "CurriculumSFTTrainer") -> str:
             "![](forgetting_heatmap.png)",
         ]
     return "\n".join(lines) + "\n\n"
-
-
-def _named_lora_layers(model):
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
 
 
 def _model_name(args) -> str:

@@ -121,10 +121,6 @@ class TrainerInternalsMixin:
         """Restore the RNG states saved in `checkpoint` (`Trainer._load_rng_state`)."""
         self._load_rng_state(checkpoint)
 
-    def checkpoint_output_dir(self, trial=None) -> str:
-        """Folder where the Trainer writes checkpoints (`Trainer._get_output_dir`)."""
-        return self._get_output_dir(trial)
-
 
 def pop_accumulated_metrics(trainer: Trainer, split: str) -> dict[str, float]:
     """
