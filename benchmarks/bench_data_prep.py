@@ -115,7 +115,7 @@ def prepare_loop_of_trainers(rows, tokenizer, peft_config, max_length, work_dir)
             stage_dataset = rows.select(np.flatnonzero(levels <= LEVELS[stage]))
             trainer = SFTTrainer(
                 model,
-                args=SFTConfig(**config_kwargs(os.path.join(work_dir, f"stage-{stage}"), max_length)),
+                args=SFTConfig(**config_kwargs(os.path.join(work_dir, f"stage-{stage + 1}"), max_length)),
                 train_dataset=stage_dataset,
                 processing_class=tokenizer,
                 peft_config=peft_config,

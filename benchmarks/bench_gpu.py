@@ -285,7 +285,7 @@ class LiveModelCheck(CurriculumCallback):
         trainer = self.trainer
         if stage.index != len(trainer.stages) - 1:
             return
-        stage_dirs = [os.path.join(args.output_dir, f"stage-{k}") for k in range(len(trainer.stages))]
+        stage_dirs = [os.path.join(args.output_dir, f"stage-{each.number}") for each in trainer.stages]
         self.check["max_layer_mismatch"] = max(export_mismatch(model, self.original, stage_dirs).values())
         model.eval()
         with torch.no_grad():

@@ -19,7 +19,7 @@ Offline demo of the per-level evaluation: a tiny randomly initialised model trai
 ```bash
 OMP_NUM_THREADS=1 python examples/forgetting_heatmap.py --output_dir out/heatmap_demo
 OMP_NUM_THREADS=1 python examples/forgetting_heatmap.py --preset seq_no_replay --steps_per_stage 60
-python -m trl_plrs.transitions out/heatmap_demo/stage_eval/after_stage-{0,4}/predictions.csv
+python -m trl_plrs.transitions out/heatmap_demo/stage_eval/after_stage-{1,5}/predictions.csv
 ```
 """
 

@@ -292,7 +292,7 @@ def format_stage_table(stage_summaries: list[dict]) -> str:
     for summary in stage_summaries:
         loss = summary.get("train_loss")
         lines.append(
-            f"| {summary['stage'] + 1} | {','.join(map(str, summary['levels']))} | {summary['rows']:,} | "
+            f"| {summary['stage']} | {','.join(map(str, summary['levels']))} | {summary['rows']:,} | "
             f"{summary['lora_rank']} | {summary['trainable_params']:,} | {summary['steps']} | "
             f"{'-' if loss is None else f'{loss:.3f}'} | {summary['train_runtime']:.1f} |"
         )

@@ -247,7 +247,7 @@ def _train_at_paper_learning_rate(tmp_path, tokenizer, dtype, **kwargs):
 
         def on_stage_end(self, args, state, control, stage, model, **kwargs):
             if stage.index == len(trainer.stages) - 1:
-                stage_dirs = [stage_dir(args.output_dir, k) for k in range(len(trainer.stages))]
+                stage_dirs = [stage_dir(args.output_dir, stage.number) for stage in trainer.stages]
                 self.mismatch = export_mismatch(model, original, stage_dirs)
 
     live = LiveMismatch()

@@ -47,10 +47,10 @@ class EventRecorder(CurriculumCallback):
         self.events.append(("train_end", state.global_step))
 
     def on_stage_begin(self, args, state, control, stage, **kwargs):
-        self.events.append(("stage_begin", stage.index))
+        self.events.append(("stage_begin", stage.number))
 
     def on_stage_end(self, args, state, control, stage, metrics=None, **kwargs):
-        self.events.append(("stage_end", stage.index))
+        self.events.append(("stage_end", stage.number))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.events.append(("log", dict(logs)))
@@ -89,8 +89,8 @@ def test_callbacks_see_one_training_run(tmp_path, tokenizer):
     assert names.count("train_begin") == names.count("train_end") == 1
     assert plain.begins == plain.ends == 1
     assert names[0] == "stage_begin" and names[1] == "train_begin"
-    assert [value for name, value in recorder.events if name == "stage_begin"] == list(range(STAGES))
-    assert [value for name, value in recorder.events if name == "stage_end"] == list(range(STAGES))
+    assert [value for name, value in recorder.events if name == "stage_begin"] == list(range(1, STAGES + 1))
+    assert [value for name, value in recorder.events if name == "stage_end"] == list(range(1, STAGES + 1))
     # `on_train_end` comes last, after the last stage and after the curriculum's own final metrics.
     assert names[-1] == "train_end" and recorder.events[-1][1] == STAGES * STEPS_PER_STAGE
     final_log = recorder.events[-2]
@@ -102,7 +102,7 @@ def test_callbacks_see_one_training_run(tmp_path, tokenizer):
 
 
 def test_epoch_counts_on_across_stages(tmp_path, tokenizer):
-    # 8 rows per level, batch 4: stage 0 trains 2 steps per epoch over 8 rows; later stages replay earlier levels.
+    # 8 rows per level, batch 4: stage 1 trains 2 steps per epoch over 8 rows; later stages replay earlier levels.
     recorder = EventRecorder()
     trainer = build_trainer(tmp_path, tokenizer, callbacks=[recorder])
     trainer.train()
@@ -116,7 +116,7 @@ def test_epoch_counts_on_across_stages(tmp_path, tokenizer):
     for logs in step_logs:
         by_stage.setdefault(logs["stage"], []).append(logs)
     finished_epochs = 0.0
-    for stage in range(STAGES):
+    for stage in range(1, STAGES + 1):
         logs = by_stage[stage]
         assert logs[0]["stage_epoch"] < 1.0
         for entry in logs:
@@ -139,8 +139,8 @@ def test_tensorboard_writes_one_run_with_every_stage(tmp_path, tokenizer, monkey
     events.Reload()
     loss_steps = [event.step for event in events.Scalars("train/loss")]
     assert loss_steps == list(range(1, STAGES * STEPS_PER_STAGE + 1))
-    assert [event.value for event in events.Scalars("train/stage")][-1] == STAGES - 1
-    assert {event.value for event in events.Scalars("train/stage")} == set(range(STAGES))
+    assert [event.value for event in events.Scalars("train/stage")][-1] == STAGES
+    assert {event.value for event in events.Scalars("train/stage")} == set(range(1, STAGES + 1))
     # The curriculum's final metrics reach the writer before it closes.
     assert events.Scalars("train/train_loss")[-1].step == STAGES * STEPS_PER_STAGE
 
@@ -163,7 +163,7 @@ def test_mlflow_keeps_one_run_for_the_whole_curriculum(tmp_path, tokenizer, monk
     loss_steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "loss"))
     assert loss_steps == list(range(1, STAGES * STEPS_PER_STAGE + 1))
     stages = {metric.value for metric in client.get_metric_history(run.info.run_id, "stage")}
-    assert stages == set(range(STAGES))
+    assert stages == set(range(1, STAGES + 1))
     assert "train_loss" in run.data.metrics
     assert mlflow.active_run() is None
 

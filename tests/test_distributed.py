@@ -177,7 +177,7 @@ def test_curriculum_survives_engine(runs, single_process_runs, base_dir, engine,
             assert begin["default_ranks"] == [stage["lora_rank"]]
             assert begin["base_trainable"] == []
             if transition == "stack":
-                assert begin["adapters"] == sorted(["default", *[f"stage_{k}" for k in range(stage["index"])]])
+                assert begin["adapters"] == sorted(["default", *[f"stage_{k}" for k in range(1, stage["index"] + 1)]])
             else:
                 assert begin["adapters"] == ["default"]
             if zero_stage == 3:

@@ -144,7 +144,7 @@ def trained(request, tmp_path_factory, tokenizer):
 
 def test_one_train_call_runs_every_stage_with_growing_global_step(trained):
     trainer, recorder, output, _ = trained
-    assert [record["stage"].index for record in recorder.begin] == [0, 1, 2]
+    assert [record["stage"].number for record in recorder.begin] == [1, 2, 3]
     assert [record["global_step"] for record in recorder.end] == [3, 6, 9]
     assert output.global_step == trainer.state.global_step == 9
     steps = [entry["step"] for entry in trainer.state.log_history]
@@ -152,8 +152,8 @@ def test_one_train_call_runs_every_stage_with_growing_global_step(trained):
     for entry in trainer.state.log_history:
         assert {"stage", "lora_rank", "trainable_params"} <= set(entry)
     by_stage = {entry["stage"]: entry for entry in trainer.state.log_history if "loss" in entry}
-    assert {stage: (entry["lora_rank"]) for stage, entry in by_stage.items()} == {0: 16, 1: 8, 2: 4}
-    params = [by_stage[stage]["trainable_params"] for stage in range(3)]
+    assert {stage: (entry["lora_rank"]) for stage, entry in by_stage.items()} == {1: 16, 2: 8, 3: 4}
+    params = [by_stage[stage]["trainable_params"] for stage in (1, 2, 3)]
     assert params[0] == 2 * params[1] == 4 * params[2] > 0
 
 
@@ -184,7 +184,7 @@ def test_each_stage_starts_with_exactly_one_fresh_trainable_adapter(trained):
             assert record["adapters"] == [DEFAULT_ADAPTER]
             assert record["active"] == [DEFAULT_ADAPTER]
         else:
-            frozen = [f"stage_{index}" for index in range(stage.index)]
+            frozen = [f"stage_{number}" for number in range(1, stage.number)]
             assert record["adapters"] == sorted([DEFAULT_ADAPTER, *frozen])
             assert record["active"] == [DEFAULT_ADAPTER, *frozen]
 
@@ -208,7 +208,7 @@ def test_transition_is_exact_in_float64(tmp_path, tokenizer):
 def test_learning_is_carried_across_stages(trained, tokenizer):
     """After stage 2 the model is base + stage-1 delta + stage-2 delta."""
     trainer, recorder, _, batch = trained
-    first_two = [os.path.join(trainer.args.output_dir, f"stage-{index}") for index in range(2)]
+    first_two = [os.path.join(trainer.args.output_dir, f"stage-{number}") for number in (1, 2)]
     combined = os.path.join(trainer.args.output_dir, "first-two")
     concatenate_lora_adapters(first_two, combined)
     model = PeftModel.from_pretrained(build_tiny_model(tokenizer), combined)
@@ -227,7 +227,7 @@ def test_optimizer_is_rebuilt_over_the_current_adapter_and_warmup_restarts(train
     for entry in trainer.state.log_history:
         if "learning_rate" in entry:
             first_lrs.setdefault(entry["stage"], entry["learning_rate"])
-    assert first_lrs == {0: 0.0, 1: 0.0, 2: 0.0}  # warmup_steps=1: every stage starts its warmup again
+    assert first_lrs == {1: 0.0, 2: 0.0, 3: 0.0}  # warmup_steps=1: every stage starts its warmup again
 
 
 class FinishedStageWatcher(TrainerCallback):
@@ -287,7 +287,7 @@ def test_stage_adapters_and_final_adapter_are_saved(trained, tokenizer):
     trainer, recorder, _, batch = trained
     output_dir = trainer.args.output_dir
     for stage in trainer.stages:
-        config = LoraConfig.from_pretrained(os.path.join(output_dir, f"stage-{stage.index}"))
+        config = LoraConfig.from_pretrained(os.path.join(output_dir, f"stage-{stage.number}"))
         assert (config.r, config.lora_alpha) == (stage.lora_rank, stage.lora_alpha)
     final = LoraConfig.from_pretrained(output_dir)
     assert final.r == 16 + 8 + 4
@@ -351,7 +351,7 @@ def test_one_stage_curriculum_matches_sft_trainer(tmp_path, tokenizer):
         tmp_path, tokenizer, lora_config(r=32, lora_alpha=64), lora_config(), {"plrs_preset": "direct"}
     )
     assert len(ours.stages) == 1 and ours.stages[0].levels == (1, 2, 3)
-    assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-0"))
+    assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-1"))
 
 
 def assert_same_adapter(sft_model, stage_adapter_dir, atol=1e-6):
@@ -367,13 +367,13 @@ def test_subclass_can_override_the_stage_dataset(tmp_path, tokenizer):
     class FirstRowsOnly(CurriculumSFTTrainer):
         def build_stage_dataset(self, stage):
             rows = super().build_stage_dataset(stage)
-            return rows.select(range(2 * (stage.index + 1)))
+            return rows.select(range(2 * stage.number))
 
     sizes = []
 
     class StageSizes(CurriculumCallback):
         def on_stage_end(self, args, state, control, stage, metrics, **kwargs):
-            sizes.append((stage.index, len(trainer.train_dataset), metrics["train_loss"] > 0))
+            sizes.append((stage.number, len(trainer.train_dataset), metrics["train_loss"] > 0))
 
     trainer = FirstRowsOnly(
         build_tiny_model(tokenizer),
@@ -384,7 +384,7 @@ def test_subclass_can_override_the_stage_dataset(tmp_path, tokenizer):
         callbacks=[StageSizes()],
     )
     trainer.train()
-    assert sizes == [(0, 2, True), (1, 4, True), (2, 6, True)]
+    assert sizes == [(1, 2, True), (2, 4, True), (3, 6, True)]
     assert [summary["rows"] for summary in trainer.stage_summaries] == [2, 4, 6]
 
 
@@ -533,7 +533,7 @@ def make_trainer(tmp_path, tokenizer, dataset=None, model=None, peft_config=None
         (
             {"rows_per_level": 3},
             {"per_device_train_batch_size": 4, "dataloader_drop_last": True},
-            "Stage 0 \\(levels \\[1\\]\\) has 3 rows, fewer than one batch",
+            "Stage 1 \\(levels \\[1\\]\\) has 3 rows, fewer than one batch",
         ),
     ],
 )
@@ -559,7 +559,7 @@ def test_stage_left_without_rows_after_truncation(tmp_path, tokenizer):
             else {}
         )
     )
-    with pytest.raises(ValueError, match="Stage 2 \\(levels \\[3\\]\\) has no training rows left"):
+    with pytest.raises(ValueError, match="Stage 3 \\(levels \\[3\\]\\) has no training rows left"):
         make_trainer(tmp_path, tokenizer, dataset=dataset, max_length=64)
 
 
@@ -616,7 +616,7 @@ def test_resume_with_different_stage_rows_is_refused(tmp_path, tokenizer):
         processing_class=tokenizer,
         peft_config=lora_config(),
     )
-    with pytest.raises(ValueError, match="the rows of stage 2 \\(its levels plus the replay sample\\) differ"):
+    with pytest.raises(ValueError, match="the rows of stage 3 \\(its levels plus the replay sample\\) differ"):
         other.train(resume_from_checkpoint=True)
 
 

@@ -221,14 +221,14 @@ def test_stack_curriculum_on_a_quantized_base(tmp_path, tokenizer, base_dir, qua
 
     # Frozen adapters are bit-identical from the stage after they were frozen to the end, and equal to their saved files.
     final = snapshot.final_frozen
-    assert len(final) == 2 * 2 * 14  # stage_0 and stage_1: A and B of 7 projections x 2 layers
+    assert len(final) == 2 * 2 * 14  # stage_1 and stage_2: A and B of 7 projections x 2 layers
     for stage_snapshot in snapshot.snapshots:
         for name, value in stage_snapshot.items():
             assert torch.equal(final[name], value), name
     for stage in trainer.stages[:-1]:
-        saved = load_file(os.path.join(stage_dir(trainer.args.output_dir, stage.index), "adapter_model.safetensors"))
+        saved = load_file(os.path.join(stage_dir(trainer.args.output_dir, stage.number), "adapter_model.safetensors"))
         for key, value in saved.items():
-            live_name = key.replace(".weight", f".stage_{stage.index}.weight")
+            live_name = key.replace(".weight", f".stage_{stage.number}.weight")
             assert torch.equal(final[live_name].float(), value.float()), key
 
     # The LoRA gradients of the quantized model equal those of an fp32 model built from the dequantized weights:
@@ -287,7 +287,7 @@ def test_paged_adamw_8bit_keeps_8bit_state_for_large_adapters(tmp_path, tokenize
     )
     trainer.train()
     assert [state["optimizer"] for state in states] == [("bitsandbytes", True, 8)] * 2  # a new one per stage
-    # bitsandbytes keeps the state of tensors of >= 4096 elements in 8 bits (e.g. stage 0's 64x64 A matrices), and
+    # bitsandbytes keeps the state of tensors of >= 4096 elements in 8 bits (e.g. stage 1's 64x64 A matrices), and
     # smaller ones in 32 bits (stage 1's 32x64 A matrices): both kinds occur, and follow that rule.
     for state in states:
         for shape, dtype in state["dtypes"]:

@@ -68,7 +68,7 @@ def test_replay_of_grouped_stages_samples_each_earlier_stage():
     indices = stage_row_indices(row_levels, stages, 1, 0.5, seed=0)
     counts = Counter(row_levels[index] for index in indices)
     assert counts[3] == 20
-    assert counts[1] + counts[2] == 20  # half of the 40 rows of stage 0
+    assert counts[1] + counts[2] == 20  # half of the 40 rows of stage 1
 
 
 @pytest.mark.parametrize(

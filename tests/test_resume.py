@@ -63,7 +63,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, mode):
     assert "Skipping the incomplete checkpoint" in result.stderr
     assert os.path.isfile(tmp_path / "interrupted" / "checkpoint-10" / "trainer_state.json")
 
-    for name in ["stage-0", "stage-1", "stage-2", "."]:
+    for name in ["stage-1", "stage-2", "stage-3", "."]:
         expected_weights = adapter_weights(tmp_path / "uninterrupted" / name)
         resumed_weights = adapter_weights(tmp_path / "interrupted" / name)
         assert expected_weights.keys() == resumed_weights.keys()
@@ -220,7 +220,7 @@ def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
         build(tmp_path / "interrupted", callbacks=[DieAtStageEnd(0)]).train()
     resumed = build(tmp_path / "interrupted")
     resumed.train(resume_from_checkpoint=True)
-    assert resumed.state.global_step == uninterrupted.state.global_step == 6  # stage 0 was not trained again
+    assert resumed.state.global_step == uninterrupted.state.global_step == 6  # stage 1 was not trained again
     expected, actual = (adapter_weights(tmp_path / name) for name in ("uninterrupted", "interrupted"))
     for key, value in expected.items():
         torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)

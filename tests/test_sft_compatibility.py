@@ -147,7 +147,7 @@ def test_push_to_hub_uploads_the_whole_curriculum(tmp_path, tokenizer, monkeypat
     with open(os.path.join(uploaded, ADAPTER_CONFIG_NAME)) as file:
         assert f'"r": {sum(RANKS)}' in file.read()
     expected_dir = str(tmp_path / "expected")
-    concatenate_lora_adapters([stage_dir(trainer.args.output_dir, k) for k in range(len(RANKS))], expected_dir)
+    concatenate_lora_adapters([stage_dir(trainer.args.output_dir, k) for k in range(1, len(RANKS) + 1)], expected_dir)
     uploaded_weights = load_file(os.path.join(uploaded, ADAPTER_WEIGHTS_NAME))
     for key, value in load_file(os.path.join(expected_dir, ADAPTER_WEIGHTS_NAME)).items():
         torch.testing.assert_close(uploaded_weights[key], value, rtol=0, atol=0)
@@ -156,7 +156,7 @@ def test_push_to_hub_uploads_the_whole_curriculum(tmp_path, tokenizer, monkeypat
     assert "https://openreview.net/forum?id=Pf7sa41jkz" in card and "@inproceedings{plrs2025" in card
     assert "huggingface.co/papers/" not in card  # the paper has no Hugging Face papers page
     assert "| stage | levels | rows | rank | alpha | steps | train loss |" in card
-    assert "| 2 | 3 |" in card
+    assert "| 3 | 3 |" in card
 
 
 def test_save_model_writes_the_files_sft_trainer_writes(tmp_path, tokenizer):
@@ -219,17 +219,17 @@ def test_metric_for_best_model_on_a_trl_metric(tmp_path, tokenizer):
 def test_a_stop_request_ends_the_curriculum(tmp_path, tokenizer, caplog):
     class StopInStageOne(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 4:  # stage 1's first step (3 steps per stage)
+            if state.global_step == 4:  # stage 2's first step (3 steps per stage)
                 control.should_training_stop = True
 
     batch = probe(tokenizer)
     with caplog.at_level("WARNING"):
         trainer = train(tmp_path, tokenizer, callbacks=[StopInStageOne()])
     assert trainer.state.global_step == 4
-    assert [summary["stage"] for summary in trainer.stage_summaries] == [0, 1]
-    assert not os.path.exists(stage_dir(trainer.args.output_dir, 2))
-    assert "the curriculum ends here" in caplog.text and "stages 2-2 were not trained" in caplog.text
-    # The combined adapter holds what was trained (stages 0 and 1) and reproduces the model.
+    assert [summary["stage"] for summary in trainer.stage_summaries] == [1, 2]
+    assert not os.path.exists(stage_dir(trainer.args.output_dir, 3))
+    assert "the curriculum ends here" in caplog.text and "stages 3-3 were not trained" in caplog.text
+    # The combined adapter holds what was trained (stages 1 and 2) and reproduces the model.
     assert trainer.model.peft_config["default"].r == RANKS[0] + RANKS[1]
     reloaded = PeftModel.from_pretrained(build_tiny_model(tokenizer), trainer.args.output_dir)
     torch.testing.assert_close(logits(reloaded, batch), logits(trainer.model, batch), rtol=0, atol=LOGITS_ATOL)
@@ -343,7 +343,7 @@ def test_one_stage_with_packing_equals_sft_trainer_with_packing(tmp_path, tokeni
     assert len(ours.train_dataset) == len(sft.train_dataset) < len(make_leveled_dataset())
     assert ours.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     assert ours.train_dataset["seq_lengths"] == sft.train_dataset["seq_lengths"]
-    assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-0"))
+    assert_same_adapter(sft.model, os.path.join(ours.args.output_dir, "stage-1"))
 
 
 def test_packing_packs_each_stage_its_own_rows(tmp_path, tokenizer):
@@ -377,7 +377,7 @@ def test_packing_packs_each_stage_its_own_rows(tmp_path, tokenizer):
 def test_a_stopped_curriculum_resumes_from_its_last_checkpoint(tmp_path, tokenizer):
     class StopAtStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 5:  # mid stage 1
+            if state.global_step == 5:  # mid stage 2
                 control.should_training_stop = True
 
     stopped = train(tmp_path, tokenizer, callbacks=[StopAtStep()], save_strategy="steps", save_steps=1)
@@ -391,7 +391,7 @@ def test_a_stopped_curriculum_resumes_from_its_last_checkpoint(tmp_path, tokeniz
     )
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 9
-    assert [summary["stage"] for summary in resumed.stage_summaries] == [0, 1, 2]
+    assert [summary["stage"] for summary in resumed.stage_summaries] == [1, 2, 3]
     assert resumed.model.peft_config["default"].r == sum(RANKS)
 
 

@@ -52,7 +52,7 @@ from .conftest import make_leveled_dataset
 # --------------------------------------------------------------------------------------------------------------------
 # Derived metrics, hand-computed
 
-# After stage 0 (trains level 1), stage 1 (level 2), stage 2 (level 3).
+# After stage 1 (trains level 1), stage 2 (level 2), stage 3 (level 3).
 ACCURACY = [[0.8, 0.1, 0.0], [0.6, 0.9, 0.2], [0.5, 0.7, 0.9]]
 ACCURACY_BEFORE = [0.1, 0.0, 0.0]
 LOSS = [[1.0, 3.0, 4.0], [1.5, 1.2, 3.5], [2.0, 1.4, 1.1]]
@@ -89,7 +89,7 @@ def test_forward_transfer():
 
 
 def test_stages_with_several_levels_and_untrained_levels():
-    # stage 0 trains levels 1 and 2, stage 1 trains level 3; level 4 is evaluated but never trained
+    # stage 1 (row 0) trains levels 1 and 2, stage 2 (row 1) trains level 3; level 4 is evaluated but never trained
     matrix = [[0.6, 0.4, 0.1, 0.0], [0.5, 0.4, 0.8, 0.1]]
     trained_at = [0, 0, 1, None]
     assert backward_transfer(matrix, trained_at) == pytest.approx(((0.5 - 0.6) + (0.4 - 0.4)) / 2)
@@ -104,13 +104,13 @@ def make_matrix() -> ForgettingMatrix:
         levels=[1, 2, 3],
         stage_levels=[[1], [2], [3]],
         before={"loss": LOSS_BEFORE, "exact_match": ACCURACY_BEFORE},
-        after_stage={k: {"loss": LOSS[k], "exact_match": ACCURACY[k]} for k in range(3)},
+        after_stage={k + 1: {"loss": LOSS[k], "exact_match": ACCURACY[k]} for k in range(3)},
     )
 
 
 def test_forgetting_matrix_summary_roundtrip_and_files(tmp_path):
     matrix = make_matrix()
-    assert matrix.trained_at == [0, 1, 2]
+    assert matrix.trained_at == [1, 2, 3]  # stages are numbered from 1, like the levels
     summary = matrix.summary()
     assert summary["exact_match"]["backward_transfer"] == pytest.approx(-0.25)
     assert summary["loss"]["forward_transfer"] == pytest.approx(0.45)
@@ -124,13 +124,13 @@ def test_forgetting_matrix_summary_roundtrip_and_files(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / FORGETTING_MATRIX_CSV)))
     assert [(row["metric"], row["after"]) for row in rows] == [
         ("loss", "before"),
-        ("loss", "0"),
         ("loss", "1"),
         ("loss", "2"),
+        ("loss", "3"),
         ("exact_match", "before"),
-        ("exact_match", "0"),
         ("exact_match", "1"),
         ("exact_match", "2"),
+        ("exact_match", "3"),
     ]
     assert float(rows[2]["level_2"]) == LOSS[1][1]
     with open(tmp_path / FORGETTING_HEATMAP_PNG, "rb") as file:
@@ -153,11 +153,11 @@ def test_resumed_run_keeps_the_rows_of_finished_stages(tmp_path):
         stages=[Stage(index, (index + 1,), 8, 16.0) for index in range(3)],
     )
     callback = StageEvaluationCallback(trainer, eval_dataset, [1, 2, 3])
-    callback._restore_rows(first_stage=2)  # resumed in stage 2: stages 0 and 1 were finished
-    assert sorted(callback.matrix.after_stage) == [0, 1]
+    callback._restore_rows(first_stage_index=2)  # resumed in stage 3: stages 1 and 2 were finished
+    assert sorted(callback.matrix.after_stage) == [1, 2]
     assert callback.matrix.before == make_matrix().before
     fresh = StageEvaluationCallback(trainer, eval_dataset, [1, 2, 3])
-    fresh._restore_rows(first_stage=0)  # a new run in the same output_dir starts a new matrix
+    fresh._restore_rows(first_stage_index=0)  # a new run in the same output_dir starts a new matrix
     assert fresh.matrix.after_stage == {} and fresh.matrix.before == {}
 
 
@@ -296,16 +296,16 @@ def test_forgetting_matrix_matches_separate_evaluations_and_never_reads_test(tmp
 
     matrix = load_forgetting_matrix(str(tmp_path))
     assert matrix.levels == [1, 2, 3]
-    assert sorted(matrix.after_stage) == [0, 1, 2]
+    assert sorted(matrix.after_stage) == [1, 2, 3]
     assert set(matrix.before) == {"loss", "exact_match"}
     for stage in range(3):
-        row = matrix.after_stage[stage]
+        row = matrix.after_stage[stage + 1]
         assert row["loss"] == pytest.approx([separate.losses[stage][level] for level in (1, 2, 3)], abs=1e-5)
         assert row["exact_match"] == [separate.exact_match[stage][level] for level in (1, 2, 3)]
     assert (tmp_path / FORGETTING_HEATMAP_PNG).stat().st_size > 0
     assert "![](forgetting_heatmap.png)" in (tmp_path / "README.md").read_text()  # the model card shows it
     assert (tmp_path / FORGETTING_MATRIX_CSV).exists()
-    for name in ("before_training", "after_stage-0", "after_stage-2"):
+    for name in ("before_training", "after_stage-1", "after_stage-3"):
         with open(tmp_path / "stage_eval" / name / "predictions.csv") as file:
             assert len(list(csv.DictReader(file))) == 3 * 2  # capped at 2 problems per level
 
@@ -314,7 +314,7 @@ def test_forgetting_matrix_matches_separate_evaluations_and_never_reads_test(tmp
     for level in (1, 2, 3):
         assert {f"eval_level_{level}/loss", f"eval_level_{level}/exact_match"} <= logged
     assert {"eval_retention/backward_transfer_loss", "eval_retention/forward_transfer_exact_match"} <= logged
-    assert trainer.stage_summaries[-1]["eval_per_level"]["loss"]["1"] == matrix.after_stage[2]["loss"][0]
+    assert trainer.stage_summaries[-1]["eval_per_level"]["loss"]["1"] == matrix.after_stage[3]["loss"][0]
     # after the curriculum, `evaluate()` sees every level again
     assert len(trainer.eval_dataset) == len(validation)
 

@@ -61,13 +61,13 @@ def test_two_runs(tmp_path):
 
 
 def test_recovered_needs_an_earlier_success_and_unmatched_rows_are_not_counted(tmp_path):
-    stage0 = write_predictions(tmp_path / "s0.csv", {"1-a": True, "1-b": False, "3-x": True})
-    stage1 = write_predictions(tmp_path / "s1.csv", {"1-a": False, "1-b": False})
-    stage2 = write_predictions(tmp_path / "s2.csv", {"1-a": True, "1-b": True})
-    first, second = answer_transitions([stage0, stage1, stage2])
+    stage1 = write_predictions(tmp_path / "s1.csv", {"1-a": True, "1-b": False, "3-x": True})
+    stage2 = write_predictions(tmp_path / "s2.csv", {"1-a": False, "1-b": False})
+    stage3 = write_predictions(tmp_path / "s3.csv", {"1-a": True, "1-b": True})
+    first, second = answer_transitions([stage1, stage2, stage3])
     assert first["overall"] == counts(2, lost=1, still_wrong=1)
     assert first["unmatched"] == 1  # "3-x" is only in the first CSV
-    assert second["per_level"]["1"] == counts(2, recovered=1, newly_solved=1)  # 1-a had been solved at stage 0
+    assert second["per_level"]["1"] == counts(2, recovered=1, newly_solved=1)  # 1-a had been solved at stage 1
     markdown = transitions_to_markdown([first, second])
     assert "| Level 1 | 2 | 0 | 0 | 1 | 1 | 0 |" in markdown
     assert "1 problems are in only one of the two CSVs" in markdown

@@ -45,9 +45,9 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def stage_adapter_name(stage_index: int) -> str:
-    """Name of the frozen adapter that keeps stage `stage_index` in stack mode."""
-    return f"stage_{stage_index}"
+def stage_adapter_name(stage_number: int) -> str:
+    """Name of the frozen adapter that keeps stage `stage_number` (from 1) in stack mode."""
+    return f"stage_{stage_number}"
 
 
 def stage_lora_config(peft_config: LoraConfig, stage: Stage) -> LoraConfig:

@@ -51,9 +51,9 @@ MERGE_LOSS_WARNING_THRESHOLD = 0.01
 MERGE_TRANSITIONS = ("merge", "fp32_merge")
 
 
-def stage_dir(output_dir: str, stage_index: int) -> str:
-    """Folder where the adapter trained at stage `stage_index` is saved."""
-    return os.path.join(output_dir, f"stage-{stage_index}")
+def stage_dir(output_dir: str, stage_number: int) -> str:
+    """Folder where the adapter trained at stage `stage_number` (from 1) is saved."""
+    return os.path.join(output_dir, f"stage-{stage_number}")
 
 
 class CurriculumCallback(TrainerCallback):
@@ -69,7 +69,7 @@ class CurriculumCallback(TrainerCallback):
     ```python
     >>> class LogRank(CurriculumCallback):
     ...     def on_stage_begin(self, args, state, control, stage, **kwargs):
-    ...         print(f"stage {stage.index}: rank {stage.lora_rank}")
+    ...         print(f"stage {stage.number}: rank {stage.lora_rank}")
     ```
 
     Both events get the usual keyword arguments of a Trainer event (`model`, `processing_class`, `optimizer`,
@@ -174,7 +174,7 @@ class CurriculumCallbackHandler(CallbackHandler):
             raise ValueError(
                 "The trainer's `PLRSCallback` was removed from its callbacks (e.g. with `trainer.pop_callback`). It "
                 "carries out the stage transitions (new adapter, stage rows, new optimizer); without it every stage "
-                "would train stage 0's adapter on stage 0's rows. Keep it: remove other callbacks by instance."
+                "would train stage 1's adapter on stage 1's rows. Keep it: remove other callbacks by instance."
             )
         if stage_callbacks[0] is not plrs_callback:
             raise ValueError(
@@ -194,12 +194,12 @@ class CurriculumCallbackHandler(CallbackHandler):
 class PLRSCallback(CurriculumCallback):
     """
     Carries out the curriculum's stage transitions for a [`CurriculumSFTTrainer`], which installs it as its first
-    [`CurriculumCallback`]. Removing it makes `train()` fail with a clear error instead of silently training stage 0
+    [`CurriculumCallback`]. Removing it makes `train()` fail with a clear error instead of silently training stage 1
     over and over.
 
-    At the beginning of stage k > 0 the finished adapter is merged into the base weights (the trainer's resolved
+    At the beginning of stage k > 1 the finished adapter is merged into the base weights (the trainer's resolved
     `adapter_transition` is `"merge"`, or `"fp32_merge"`, which first upcasts the targeted weights to fp32) or kept
-    frozen and active as `stage_{k-1}` (`"stack"`), then a fresh adapter of rank `lora_ranks[k]` is added as
+    frozen and active as `stage_{k-1}` (`"stack"`), then a fresh adapter of rank `lora_ranks[k-1]` is added as
     the only trainable one, the stage's rows (its levels plus the replay) become the training set, and the optimizer
     and learning-rate scheduler are dropped so that the trainer builds new ones over the new adapter alone.
     """
@@ -223,7 +223,7 @@ class PLRSCallback(CurriculumCallback):
         )
         self._stage_start_time = time.perf_counter()
         logger.info(
-            f"Stage {stage.index + 1}/{len(trainer.stages)}: levels {list(stage.levels)}, "
+            f"Stage {stage.number}/{len(trainer.stages)}: levels {list(stage.levels)}, "
             f"{len(trainer.train_dataset):,} rows, LoRA r={stage.lora_rank} alpha={stage.lora_alpha:g}, "
             f"{trainer.curriculum_state.trainable_params:,} trainable parameters"
         )
@@ -232,26 +232,26 @@ class PLRSCallback(CurriculumCallback):
         """Retire the finished adapter (merge or freeze) and add the stage's fresh one."""
         trainer = self.trainer
         model = trainer.model
-        finished_index = trainer.curriculum_state.adapter_stage
+        finished = trainer.stages[trainer.curriculum_state.adapter_stage]
         if trainer.adapter_transition in MERGE_TRANSITIONS:
-            self._merge(finished_index)
+            self._merge(finished)
         else:
-            frozen_name = stage_adapter_name(finished_index)
+            frozen_name = stage_adapter_name(finished.number)
             freeze_adapter_as(model, frozen_name)
             trainer.curriculum_state.frozen_adapters.append(frozen_name)
         self._add_fresh_adapter(stage)
 
-    def _merge(self, finished_index: int) -> None:
+    def _merge(self, finished: Stage) -> None:
         if self.trainer.adapter_transition == "fp32_merge":
             upcast_base_weights(self.trainer.model)  # once: later calls find the weights in fp32 already
         lost = merge_adapter_into_base(self.trainer.model)
         for summary in self.trainer.stage_summaries:
-            if summary["stage"] == finished_index:
+            if summary["stage"] == finished.number:
                 summary["merge_rounding_loss"] = lost
         if lost > MERGE_LOSS_WARNING_THRESHOLD:
             dtypes = sorted({str(layer.get_base_layer().weight.dtype) for layer in lora_layers(self.trainer.model)})
             logger.warning(
-                f"Merging stage {finished_index}'s adapter into the {', '.join(dtypes)} base weights rounded away "
+                f"Merging stage {finished.number}'s adapter into the {', '.join(dtypes)} base weights rounded away "
                 f"{lost:.0%} of its update (norm of the lost part / norm of the update): the model that trains on "
                 "no longer has what that stage learned, though its saved adapter does. Set "
                 "`adapter_transition='auto'` (or 'stack') to keep finished adapters exact beside the new one, or load "
@@ -275,8 +275,9 @@ class PLRSCallback(CurriculumCallback):
 
     def restore_finished_stages(self, stage_index: int):
         """
-        Rebuild, for a resume at stage `stage_index`, what every earlier stage learned from its saved adapter in
-        `output_dir/stage-{k}` (merged into the base weights, or frozen and active), then add that stage's adapter.
+        Rebuild, for a resume at the stage of index `stage_index` (from 0), what every earlier stage learned from its
+        saved adapter in `output_dir/stage-{k}` (merged into the base weights, or frozen and active), then add that
+        stage's adapter.
         """
         if stage_index == 0:
             return
@@ -285,17 +286,17 @@ class PLRSCallback(CurriculumCallback):
         model.delete_adapter(DEFAULT_ADAPTER)
         trainer.curriculum_state.frozen_adapters = []
         for finished in trainer.stages[:stage_index]:
-            path = stage_dir(trainer.args.output_dir, finished.index)
+            path = stage_dir(trainer.args.output_dir, finished.number)
             if not os.path.isfile(os.path.join(path, ADAPTER_WEIGHTS_NAME)):
                 raise ValueError(
-                    f"Cannot resume at stage {stage_index}: the adapter of finished stage {finished.index} is missing "
+                    f"Cannot resume at stage {stage_index + 1}: the adapter of finished stage {finished.number} is missing "
                     f"from {path}. Resume with the `output_dir` of the run that wrote the checkpoint."
                 )
             if trainer.adapter_transition in MERGE_TRANSITIONS:
                 model.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
-                self._merge(finished.index)
+                self._merge(finished)
             else:
-                frozen_name = stage_adapter_name(finished.index)
+                frozen_name = stage_adapter_name(finished.number)
                 model.load_adapter(path, adapter_name=frozen_name, is_trainable=False)
                 disable_dropout(model, frozen_name)
                 trainer.curriculum_state.frozen_adapters.append(frozen_name)
@@ -307,11 +308,11 @@ class PLRSCallback(CurriculumCallback):
             activate_stage_adapters(self.trainer.model, self.trainer.curriculum_state.frozen_adapters)
 
     def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
-        self.trainer.save_stage_adapter(stage_dir(args.output_dir, stage.index))
+        self.trainer.save_stage_adapter(stage_dir(args.output_dir, stage.number))
         metrics = kwargs.get("metrics") or {}
         self.trainer.stage_summaries.append(
             {
-                "stage": stage.index,
+                "stage": stage.number,
                 "levels": list(stage.levels),
                 "rows": len(self.trainer.train_dataset),
                 "lora_rank": stage.lora_rank,
@@ -349,7 +350,7 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
             total=state.max_steps - start,
             initial=state.global_step - start,
             dynamic_ncols=True,
-            desc=f"Stage {stage.index + 1}/{len(self.trainer.stages)} (levels "
+            desc=f"Stage {stage.number}/{len(self.trainer.stages)} (levels "
             f"{','.join(map(str, stage.levels))}, r={stage.lora_rank})",
         )
         self.current_step = state.global_step

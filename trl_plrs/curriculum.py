@@ -91,6 +91,10 @@ class Stage:
     """
     One stage of the curriculum.
 
+    Stages are numbered from 1 wherever they are named (folders `stage-1`..., adapter names, logs, summaries, tables,
+    plots), like MATH's levels: by default stage k trains level k. `index` (from 0) is only for indexing Python lists
+    such as `lora_ranks`.
+
     Args:
         index (`int`): Position of the stage, from 0.
         levels (`tuple[int, ...]`): Levels whose rows this stage trains on (before replay).
@@ -102,6 +106,11 @@ class Stage:
     levels: tuple[int, ...]
     lora_rank: int
     lora_alpha: float
+
+    @property
+    def number(self) -> int:
+        """The stage's number, from 1, as shown in folder names, logs and tables."""
+        return self.index + 1
 
 
 def normalize_curriculum_stages(stages) -> list[list[int]] | None:

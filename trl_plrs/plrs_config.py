@@ -77,7 +77,7 @@ class PLRSConfig(SFTConfig):
         stage_eval_per_level (`bool` or `None`, *optional*):
             Whether to evaluate each level of the `eval_dataset` separately, at every evaluation and after every stage,
             and keep the forgetting matrix in `output_dir`. During stage k the trainer's `eval_dataset` (so
-            `eval_loss`, model selection and early stopping) is restricted to the levels of stages 0..k. `None`: on
+            `eval_loss`, model selection and early stopping) is restricted to the levels of stages 1..k. `None`: on
             when the `eval_dataset` has the `curriculum_column`. `True`: required (an error if the column is missing).
         stage_eval_generate (`bool`, *optional*, defaults to `False`):
             Whether to also generate answers after every stage and report the exact match per level (greedy, graded

@@ -100,9 +100,9 @@ class CurriculumState:
     Where the curriculum stands; everything a resume needs beyond the Trainer's own state.
 
     Args:
-        stage (`int`): Index of the stage being trained.
+        stage (`int`): Index (from 0) of the stage being trained; folders, logs and summaries number it from 1.
         stage_start_step (`int`): `global_step` at which that stage started.
-        adapter_stage (`int`): Stage whose adapter is the trainable `"default"` adapter.
+        adapter_stage (`int`): Index of the stage whose adapter is the trainable `"default"` adapter.
         frozen_adapters (`list[str]`): Frozen, active adapters of finished stages (stack mode).
         trainable_params (`int`): Trainable parameters of the current stage.
         epochs_before_stage (`float`): Epochs trained by the finished stages; logged `epoch` = this + `stage_epoch`.
@@ -362,14 +362,14 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         for stage in self.stages:
             if not any(level in stage.levels for level in self.row_levels):
                 raise ValueError(
-                    f"Stage {stage.index} (levels {list(stage.levels)}) has no training rows left after dataset "
+                    f"Stage {stage.number} (levels {list(stage.levels)}) has no training rows left after dataset "
                     "preparation (rows whose completion is empty after truncation are dropped). Raise `max_length`, "
                     "or change `curriculum_stages` so that every stage has rows."
                 )
             rows = len(stage_row_indices(self.row_levels, self.stages, stage.index, self.replay, args.seed))
             if args.dataloader_drop_last and rows < rows_per_batch:
                 raise ValueError(
-                    f"Stage {stage.index} (levels {list(stage.levels)}) has {rows} rows, fewer than one batch "
+                    f"Stage {stage.number} (levels {list(stage.levels)}) has {rows} rows, fewer than one batch "
                     f"({rows_per_batch} = `per_device_train_batch_size` x processes), and `dataloader_drop_last=True` "
                     "would drop them all, so the stage would run no optimizer step. Set `dataloader_drop_last=False` or "
                     "lower `per_device_train_batch_size`."
@@ -457,10 +457,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 resume_from_checkpoint = None
                 if stop_requested and stage.index < len(self.stages) - 1:
                     logger.warning(
-                        f"Training was asked to stop during stage {stage.index} (`control.should_training_stop` at "
+                        f"Training was asked to stop during stage {stage.number} (`control.should_training_stop` at "
                         f"step {self.state.global_step}, before the stage's last step {self.state.max_steps}): the "
-                        f"curriculum ends here. `output_dir` gets the combined adapter of stages 0-{stage.index} "
-                        f"(stages {stage.index + 1}-{len(self.stages) - 1} were not trained); resume from a checkpoint "
+                        f"curriculum ends here. `output_dir` gets the combined adapter of stages 1-{stage.number} "
+                        f"(stages {stage.number + 1}-{len(self.stages)} were not trained); resume from a checkpoint "
                         "to train them."
                     )
                     break
@@ -487,7 +487,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     @property
     def trained_stages(self) -> list[Stage]:
         """The stages trained to their end so far (all of them after `train()`, unless a stop was requested)."""
-        return [self.stages[summary["stage"]] for summary in self.stage_summaries]
+        return [self.stages[summary["stage"] - 1] for summary in self.stage_summaries]
 
     def _install_combined_adapter(self) -> None:
         """
@@ -523,13 +523,13 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         model.delete_adapter(COMBINED_ADAPTER)
         self.curriculum_state.frozen_adapters = []
 
-    def _curriculum_metrics(self, start_time: float, first_stage: int) -> dict[str, float]:
+    def _curriculum_metrics(self, start_time: float, first_stage_index: int) -> dict[str, float]:
         """The train metrics of the whole curriculum, as `SFTTrainer.train` reports them for one training."""
         summaries = self.stage_summaries
         total_steps = sum(summary["steps"] for summary in summaries)
         train_loss = sum(summary["train_loss"] * summary["steps"] for summary in summaries) / max(total_steps, 1)
         # Samples and steps of the stages run by this call (a resumed run does not count the earlier ones).
-        this_call = [summary for summary in summaries if summary["stage"] >= first_stage]
+        this_call = [summary for summary in summaries if summary["stage"] > first_stage_index]
         metrics = speed_metrics(
             "train",
             start_time,
@@ -675,14 +675,14 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         state = CurriculumState(**saved["curriculum_state"])
         if saved["stage_rows"] != self.stage_rows(self.stages[state.stage]):
             raise ValueError(
-                f"Cannot resume from {checkpoint}: the rows of stage {state.stage} (its levels plus the replay sample) "
+                f"Cannot resume from {checkpoint}: the rows of stage {state.stage + 1} (its levels plus the replay sample) "
                 "differ from the checkpoint's, so the training data or `stage_rows` changed. Resume with the training "
                 "data and code of the run that wrote the checkpoint."
             )
         self.plrs_callback.restore_finished_stages(state.stage)
         self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage)
         self.stage_summaries = saved["stage_summaries"]
-        logger.info(f"Resuming the curriculum at stage {state.stage} from {checkpoint}.")
+        logger.info(f"Resuming the curriculum at stage {state.stage + 1} from {checkpoint}.")
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """
@@ -730,7 +730,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         stage = self.stages[min(self.curriculum_state.stage, len(self.stages) - 1)]
         logs.update(
             {
-                "stage": stage.index,
+                "stage": stage.number,
                 "lora_rank": stage.lora_rank,
                 "trainable_params": self.curriculum_state.trainable_params,
             }
@@ -774,7 +774,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             return super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            stage_dirs = [stage_dir(self.args.output_dir, stage.index) for stage in self.trained_stages]
+            stage_dirs = [stage_dir(self.args.output_dir, stage.number) for stage in self.trained_stages]
             self.create_model_card(model_name=_model_name(self.args))  # TRL writes it to `args.output_dir`
             os.makedirs(output_dir, exist_ok=True)
             # Written whole in a staging folder, then installed with the adapter config last: a crash leaves the

@@ -70,7 +70,8 @@ MATRIX_METRICS = {"loss": False, "exact_match": True}
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Derived metrics: pure functions over a matrix given as a list of rows (after stage 0, 1, ..., K), one value per level
+# Derived metrics: pure functions over a matrix given as a list of rows (one per finished stage, in order, indexed
+# from 0), one value per level
 
 
 def _sign(higher_is_better: bool) -> int:
@@ -173,7 +174,8 @@ class ForgettingMatrix:
         levels (`list[int]`): Columns: the levels of the evaluation data, ascending.
         stage_levels (`list[list[int]]`): Levels trained at each stage of the curriculum.
         before (`dict[str, list]`): Metric -> value per level before training (empty if not evaluated).
-        after_stage (`dict[int, dict[str, list]]`): Stage -> metric -> value per level, for the finished stages.
+        after_stage (`dict[int, dict[str, list]]`): Stage number (from 1) -> metric -> value per level, for the
+            finished stages.
     """
 
     levels: list[int]
@@ -183,9 +185,9 @@ class ForgettingMatrix:
 
     @property
     def trained_at(self) -> list[int | None]:
-        """For each level, the first stage that trains it (`None` if no stage does)."""
+        """For each level, the number (from 1) of the first stage that trains it (`None` if no stage does)."""
         first = {}
-        for index, levels in enumerate(self.stage_levels):
+        for index, levels in enumerate(self.stage_levels, start=1):
             for level in levels:
                 first.setdefault(level, index)
         return [first.get(level) for level in self.levels]
@@ -195,16 +197,18 @@ class ForgettingMatrix:
         return [name for name in MATRIX_METRICS if name in names]
 
     def rows(self, metric: str) -> list[list[float | None]]:
-        """The matrix of `metric`: one row per finished stage (0, 1, ...), one column per level."""
+        """The matrix of `metric`: one row per finished stage (1, 2, ...), one column per level."""
         return [self.after_stage[stage].get(metric, [None] * len(self.levels)) for stage in sorted(self.after_stage)]
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """[`transfer_summary`] of each metric, over the finished stages."""
         summary = {}
+        # The pure functions index rows from 0; stage k is row k - 1.
+        trained_at_row = [None if stage is None else stage - 1 for stage in self.trained_at]
         for metric in self.metrics():
             rows = self.rows(metric)
             summary[metric] = transfer_summary(
-                rows, self.trained_at, self.before.get(metric), higher_is_better=MATRIX_METRICS[metric]
+                rows, trained_at_row, self.before.get(metric), higher_is_better=MATRIX_METRICS[metric]
             )
         return summary
 
@@ -228,7 +232,7 @@ class ForgettingMatrix:
         )
 
     def csv_rows(self) -> list[dict[str, Any]]:
-        """Wide rows: `metric, after` (`before` or the stage index), then one `level_<j>` column per level."""
+        """Wide rows: `metric, after` (`before` or the stage number), then one `level_<j>` column per level."""
         rows = []
         for metric in self.metrics():
             points = ([(BEFORE_TRAINING, self.before[metric])] if metric in self.before else []) + [
@@ -288,7 +292,7 @@ def plot_forgetting_heatmap(matrix: ForgettingMatrix, path: str, title: str | No
     if not metrics:
         return None
     labels = ([("before training", BEFORE_TRAINING)] if matrix.before else []) + [
-        (f"after stage {stage} (L{','.join(map(str, matrix.stage_levels[stage]))})", stage)
+        (f"after stage {stage} (L{','.join(map(str, matrix.stage_levels[stage - 1]))})", stage)
         for stage in sorted(matrix.after_stage)
     ]
     figure = Figure(figsize=(1.1 * len(matrix.levels) * len(metrics) + 2.8 * len(metrics), 0.55 * len(labels) + 1.6))
@@ -360,7 +364,7 @@ class StageEvaluationCallback(CurriculumCallback):
     by the trainer when the evaluation data has the curriculum column.
 
     - At the beginning of stage k, the trainer's `eval_dataset` becomes the evaluation rows of the levels seen so far
-      (stages 0..k), so that `eval_loss`, `metric_for_best_model` and early stopping look at those levels only; every
+      (stages 1..k), so that `eval_loss`, `metric_for_best_model` and early stopping look at those levels only; every
       [`~transformers.EarlyStoppingCallback`] starts the stage with a patience counter of 0.
     - At every evaluation during training (`eval_strategy`), the loss of every level is logged as
       `eval_level_<j>/loss` (TensorBoard and W&B show `eval/level_<j>/loss`).
@@ -369,7 +373,7 @@ class StageEvaluationCallback(CurriculumCallback):
       level are logged and form the stage's row of the matrix, saved to `output_dir` as `forgetting_matrix.json`,
       `forgetting_matrix.csv` and `forgetting_heatmap.png`; the predictions are kept in
       `output_dir/stage_eval/after_stage-<k>/predictions.csv` (inputs of [`~trl_plrs.transitions.answer_transitions`]).
-    - With `stage_eval_before_training`, the same evaluation runs before stage 0, for forward transfer.
+    - With `stage_eval_before_training`, the same evaluation runs before stage 1, for forward transfer.
     """
 
     def __init__(self, trainer: "CurriculumSFTTrainer", eval_dataset: Dataset, eval_levels: list[int | None]):
@@ -411,9 +415,9 @@ class StageEvaluationCallback(CurriculumCallback):
 
     def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
         trainer = self.trainer
-        self.matrix.after_stage[stage.index] = self.evaluate_levels(
+        self.matrix.after_stage[stage.number] = self.evaluate_levels(
             generate=args.stage_eval_generate,
-            predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.index}"),
+            predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.number}"),
         )
         summary = self.matrix.summary()
         logs = {}
@@ -426,10 +430,10 @@ class StageEvaluationCallback(CurriculumCallback):
                     logs[f"eval_level_{level}/forgetting_{metric}"] = value
         if logs:
             trainer.log(logs)
-        if trainer.stage_summaries and trainer.stage_summaries[-1].get("stage") == stage.index:
+        if trainer.stage_summaries and trainer.stage_summaries[-1].get("stage") == stage.number:
             trainer.stage_summaries[-1]["eval_per_level"] = {
                 metric: dict(zip(map(str, self.levels), values))
-                for metric, values in self.matrix.after_stage[stage.index].items()
+                for metric, values in self.matrix.after_stage[stage.number].items()
             }
         self._save()
         if stage.index == len(trainer.stages) - 1:
@@ -523,18 +527,20 @@ class StageEvaluationCallback(CurriculumCallback):
         if self.trainer.args.should_save:
             save_forgetting_matrix(self.matrix, self.trainer.args.output_dir)
 
-    def _restore_rows(self, first_stage: int) -> None:
-        # A resumed run keeps the rows of the stages finished before the interruption; a run starting at stage 0
-        # begins a new matrix (an old file in `output_dir` belongs to another run).
+    def _restore_rows(self, first_stage_index: int) -> None:
+        # A resumed run keeps the rows of the stages finished before the interruption; a run starting at the first
+        # stage begins a new matrix (an old file in `output_dir` belongs to another run).
         path = os.path.join(self.trainer.args.output_dir, FORGETTING_MATRIX_JSON)
-        if first_stage == 0 or not os.path.isfile(path):
+        if first_stage_index == 0 or not os.path.isfile(path):
             return
         saved = load_forgetting_matrix(path)
         if saved.levels != self.matrix.levels or saved.stage_levels != self.matrix.stage_levels:
             logger.warning(f"Ignoring {path}: it was written for other levels or stages than this curriculum's.")
             return
         self.matrix.before = saved.before
-        self.matrix.after_stage = {stage: row for stage, row in saved.after_stage.items() if stage < first_stage}
+        self.matrix.after_stage = {
+            stage: row for stage, row in saved.after_stage.items() if stage <= first_stage_index
+        }
 
 
 _GENERATION_COLUMNS = {"problem", "solution", "answer", "level", "type", "unique_id"}

@@ -26,7 +26,7 @@ Between consecutive CSVs A -> B, a problem (matched by `unique_id`) is:
 With only two CSVs nothing comes before A, so every wrong -> correct problem counts as newly solved.
 
 ```bash
-python -m trl_plrs.transitions out/stage_eval/after_stage-0/predictions.csv out/stage_eval/after_stage-4/predictions.csv
+python -m trl_plrs.transitions out/stage_eval/after_stage-1/predictions.csv out/stage_eval/after_stage-5/predictions.csv
 ```
 """
 

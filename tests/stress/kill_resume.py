@@ -45,7 +45,7 @@ WORKER = os.path.join(REPO_ROOT, "tests", "scripts", "curriculum_worker.py")
 SCENARIOS = {"plain": [], "mid_epoch": ["--per_device_train_batch_size", "3"], "early_stopping": ["--early_stopping"]}
 MODES = ("merge", "stack")
 ATOL = 1e-6
-ADAPTER_DIRS = ("stage-0", "stage-1", "stage-2", ".")
+ADAPTER_DIRS = ("stage-1", "stage-2", "stage-3", ".")
 
 
 def _env() -> dict:
