@@ -20,7 +20,7 @@ Curriculum sequential fine-tuning with Progressive LoRA Rank Shrinking (PLRS) on
 A tiny Llama-style model and a tokenizer are built locally, trained with B5 (replay + rank shrinking) on synthetic
 leveled arithmetic, and evaluated per level before and after training.
 ```bash
-accelerate launch examples/train_plrs.py   # or: python examples/train_plrs.py
+python examples/train_plrs.py   # one process; `accelerate launch --num_processes 2 ...` for two
 ```
 
 # The paper's B5 (replay + PLRS) on Llama-3.2-1B-Instruct, from a YAML recipe
@@ -69,10 +69,14 @@ On a machine without a bf16-capable GPU, `bf16` defaults to `False` and `use_cpu
 `accelerate launch --multi_gpu --num_processes 2` on CPU gives two gloo processes instead of two lone ones).
 """
 
+import argparse
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 
@@ -84,10 +88,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+
+
+if not torch.cuda.is_available():
+    # Noise of optional dependencies on a machine without CUDA, about nothing this script does: DeepSpeed, which TRL
+    # imports to check whether a model is wrapped, logs "Setting accelerator to CPU" unless told; bitsandbytes,
+    # which PEFT imports, warns on CPUs with AVX512-BF16 that its optional `kernels` package (a faster CPU kernel for
+    # 4-bit weights) is missing.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 from accelerate import PartialState  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.utils import is_torch_bf16_gpu_available  # noqa: E402
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
+from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
 
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig  # noqa: E402
 from trl_plrs.data import (  # noqa: E402
@@ -125,6 +139,7 @@ DEMO_TRAINING_DEFAULTS = dict(
     stage_eval_before_training=True,
     stage_eval_max_new_tokens=64,
 )
+DEMO_BASE_DIR = "base_model"
 DEMO_MODEL_DEFAULTS = dict(use_peft=True, lora_dropout=0.0, lora_target_modules=PAPER_TARGET_MODULES)
 # A short system prompt keeps the sequences (and the CPU time) short; the MATH recipes use `SYSTEM_PROMPT`.
 DEMO_SYSTEM_PROMPT = "Solve the problem and put the final answer in \\boxed{}."
@@ -284,6 +299,54 @@ def evaluate(model, tokenizer, test, script_args, output_dir: str) -> dict:
     return summary
 
 
+def save_demo_base(model, tokenizer, base_dir: str):
+    """
+    Save the demo's random base model and tokenizer to `base_dir` and load the model back from there, so that the
+    adapters record `base_dir` as their `base_model_name_or_path` and the output reloads from its folder alone
+    (`AutoPeftModelForCausalLM.from_pretrained(output_dir)`), as an adapter of a hub model does.
+    """
+    state = PartialState()
+    base_dir = os.path.abspath(base_dir)
+    if state.is_main_process:
+        model.save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+    state.wait_for_everyone()
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=model.dtype)
+
+
+# What a run leaves in `output_dir`, in the order it is listed at the end.
+OUTPUTS = [
+    ("adapter_config.json", "combined adapter of every stage, for the original base (PeftModel.from_pretrained)"),
+    ("README.md", "model card with the stage table"),
+    (DEMO_BASE_DIR, "the demo's random base model and tokenizer (the adapters' base_model_name_or_path)"),
+    ("stage-1", "each stage's own adapter"),
+    ("forgetting_matrix.csv", "loss and exact match per level after every stage (also .json)"),
+    ("forgetting_heatmap.png", "the forgetting matrix as a heatmap"),
+    ("stage_eval", "per-level predictions after every stage (after_stage-k/predictions.csv)"),
+    ("eval-before", "exact match on the test split before training (predictions.csv, summary.md)"),
+    ("eval", "exact match on the test split after training (predictions.csv, summary.md)"),
+    ("run_summary.json", "the stage summaries and the accuracies above"),
+]
+
+
+def format_outputs(output_dir: str) -> str:
+    """The files and folders a run wrote to `output_dir`, one per line, with what each holds."""
+    lines = []
+    for name, what in OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if not os.path.exists(path):
+            continue
+        if name == "adapter_config.json":
+            shown = output_dir
+        elif name == "stage-1":
+            stages = sum(os.path.isdir(os.path.join(output_dir, f"stage-{k}")) for k in range(1, 1000))
+            shown = os.path.join(output_dir, f"stage-{{1..{stages}}}/")
+        else:
+            shown = path + ("/" if os.path.isdir(path) else "")
+        lines.append(f"  {shown:<{len(output_dir) + 24}} {what}")
+    return "\n".join(lines)
+
+
 def format_stage_table(stage_summaries: list[dict]) -> str:
     lines = [
         "| stage | levels | rows | rank | trainable params | steps | loss | time (s) |",
@@ -344,6 +407,7 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(training_args.seed)
             model.lm_head.weight.normal_(std=script_args.tiny_hidden_size**-0.5)
+        model = save_demo_base(model, tokenizer, os.path.join(training_args.output_dir, DEMO_BASE_DIR))
         state.print(
             f"Offline demo: tiny Llama ({sum(p.numel() for p in model.parameters()):,} parameters, "
             f"hidden {script_args.tiny_hidden_size}, {script_args.tiny_num_hidden_layers} layers), synthetic MATH-like "
@@ -389,13 +453,8 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_time = time.perf_counter() - start
-    state.print(f"Training completed in {train_time:.0f} s. Combined adapter saved to {training_args.output_dir}.")
+    state.print(f"Training completed in {train_time:.0f} s.")
     state.print("\nPer-stage summary\n" + format_stage_table(trainer.stage_summaries))
-    if trainer.stage_evaluation is not None:
-        state.print(
-            f"Evaluation per level after every stage (validation rows from TRAIN): "
-            f"{os.path.join(training_args.output_dir, 'forgetting_matrix.csv')} and forgetting_heatmap.png."
-        )
 
     after = None
     if script_args.eval_after_training:
@@ -424,6 +483,7 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
     if state.is_main_process:
         with open(os.path.join(training_args.output_dir, "run_summary.json"), "w") as file:
             json.dump(results, file, indent=2)
+    state.print(f"\nOutputs\n{format_outputs(training_args.output_dir)}")
     trainer.accelerator.end_training()
     return results
 
@@ -438,9 +498,52 @@ def _sets_model(argv: list[str]) -> bool:
     return False
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option list, and the description (the curriculum options) as written."""
+
+
+def curriculum_help() -> str:
+    """
+    The top of `--help`: `--config`, then the curriculum options of [`PLRSConfig`] (those `SFTConfig` does not
+    have), then how they override the LoRA options; the full list of every option follows it.
+    """
+    sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    lines = [
+        "Curriculum SFT with Progressive LoRA Rank Shrinking (trl_plrs). Without --model_name_or_path (on the command "
+        "line or in --config), runs the offline demo.",
+        "",
+        "config file:",
+        "  --config FILE         YAML file of any options below, e.g. examples/configs/b5_replay_shrink.yaml; "
+        "command-line flags override it.",
+        "",
+        "curriculum options (PLRSConfig; also in the full list below):",
+    ]
+    for f in dataclasses.fields(PLRSConfig):
+        if f.name in sft_fields:
+            continue
+        flag = f"--{f.name}" + (f" {{{','.join(f.metadata['choices'])}}}" if "choices" in f.metadata else "")
+        default = "" if f.default is None else f" (default: {f.default})"
+        text = f"{flag}  {f.metadata.get('help', '')}{default}"
+        lines += textwrap.wrap(text, width=118, initial_indent="  ", subsequent_indent="        ")
+    lines += [
+        "",
+        "LoRA (ModelConfig): --use_peft is required; --lora_target_modules and --lora_dropout apply to every stage.",
+        "  --lora_r/--lora_alpha are overridden by the ranks of --plrs_preset or --lora_ranks, and by",
+        "  --lora_alpha_ratio (alpha = ratio x rank; 2.0 with a preset).",
+        "",
+        "Every option (script, TrainingArguments/SFTConfig, PLRSConfig, ModelConfig) follows.",
+    ]
+    return "\n".join(lines)
+
+
 def make_parser(argv: list[str] | None = None) -> TrlParser:
     argv = sys.argv[1:] if argv is None else argv
-    parser = TrlParser((ScriptArguments, PLRSConfig, ModelConfig))
+    parser = TrlParser(
+        (ScriptArguments, PLRSConfig, ModelConfig),
+        usage="train_plrs.py [--config FILE] [--model_name_or_path M] [--plrs_preset P] [options]",
+        description=curriculum_help(),
+        formatter_class=_HelpFormatter,
+    )
     if not is_torch_bf16_gpu_available():
         # `SFTConfig` defaults to bf16, which transformers refuses without a bf16 GPU; without any GPU, `use_cpu` is
         # what makes several launched processes join one gloo group.

@@ -14,6 +14,7 @@
 """Every shipped YAML recipe parses with the training script's parser; every accelerate config loads; the offline
 demo path of `examples/train_plrs.py` and the table of `examples/run_baselines.py` run end to end on a tiny budget."""
 
+import csv
 import glob
 import importlib.util
 import json
@@ -93,6 +94,23 @@ def test_command_line_overrides_recipe(train_plrs):
     assert training_args.adapter_transition == "stack"
 
 
+def test_help_starts_with_config_and_the_curriculum_options(train_plrs):
+    help_lines = train_plrs.make_parser([]).format_help().splitlines()
+    top = "\n".join(help_lines[:60])
+    for flag in (
+        "--config FILE",
+        "--plrs_preset",
+        "--curriculum_stages",
+        "--replay",
+        "--lora_ranks",
+        "--lora_alpha_ratio",
+    ):
+        assert flag in top, flag
+    assert "--lora_r/--lora_alpha are overridden" in top
+    assert len(help_lines[0]) < 120  # the usage line names the main options, not all 400
+    assert any(line.lstrip().startswith("--learning_rate") for line in help_lines)  # every other option stays
+
+
 def test_no_arguments_selects_the_offline_demo(train_plrs):
     script_args, training_args, model_args = parse(train_plrs, [])
     assert model_args.model_name_or_path is None
@@ -163,6 +181,45 @@ def test_offline_demo_runs_end_to_end(train_plrs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| stage | levels | rows | rank | trainable params | steps | loss | time (s) |" in printed
     assert "| Level 1 | 2 |" in printed and "EM % before training" in printed
+    # Stages are numbered from 1 in the folders, the table and the list of outputs printed at the end.
+    assert sorted(name for name in os.listdir(tmp_path / "demo") if name.startswith("stage-")) == [
+        f"stage-{k}" for k in range(1, 6)
+    ]
+    assert "| 1 | 1 |" in printed and "| 5 | 5 |" in printed
+    outputs = printed.split("\nOutputs\n")[1]
+    for name in ("base_model/", "stage-{1..5}/", "forgetting_heatmap.png", "eval/", "run_summary.json"):
+        assert os.path.join(str(tmp_path / "demo"), name) in outputs, name
+
+
+def test_offline_demo_output_reloads_from_its_folder_alone(train_plrs, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from trl_plrs.evaluation import evaluate_math
+
+    output_dir = tmp_path / "demo"
+    results = train_plrs.main(*parse(train_plrs, tiny_demo_argv(output_dir)))
+    with open(output_dir / "adapter_config.json") as file:
+        base_path = json.load(file)["base_model_name_or_path"]
+    assert base_path == str(output_dir / "base_model")
+    # As a user would: the folder alone gives the trained model and its tokenizer.
+    model = AutoPeftModelForCausalLM.from_pretrained(str(output_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    test = train_plrs.make_synthetic_math(2, seed=8)  # the demo's test rows: seed + 1
+    evaluate_math(
+        model,
+        tokenizer,
+        test,
+        max_new_tokens=4,
+        output_dir=str(tmp_path / "reloaded"),
+        system_prompt=train_plrs.DEMO_SYSTEM_PROMPT,
+        show_progress=False,
+    )
+    completions = []
+    for folder in (output_dir / "eval", tmp_path / "reloaded"):
+        with open(folder / "predictions.csv", newline="") as file:
+            completions.append([row["completion"] for row in csv.DictReader(file)])
+    assert completions[0] == completions[1] and len(completions[0]) == results["after"]["overall"]["count"]
 
 
 @pytest.mark.slow

@@ -182,6 +182,7 @@ def evaluate_math(
     output_dir: str | None = None,
     system_prompt: str | None = SYSTEM_PROMPT,
     show_progress: bool = True,
+    progress_label: str = "Generating",
 ) -> dict:
     """
     Exact-match accuracy of a model on MATH-like rows, in strict and symbolic modes, overall, per level and per subject.
@@ -210,6 +211,8 @@ def evaluate_math(
             System message; use the one the model was trained with.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over batches.
+        progress_label (`str`, *optional*, defaults to `"Generating"`):
+            Label of that bar.
 
     Returns:
         `dict`: The [`~trl_plrs.grading.accuracy_report`] of all rows of `dataset`, plus `num_generated` (rows generated
@@ -264,7 +267,7 @@ def evaluate_math(
             file.flush()
     try:
         batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-        for batch in tqdm(batches, desc="Generating", unit="batch", disable=not show_progress):
+        for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not show_progress):
             completions = generate_completions(
                 model, tokenizer, [problems[index] for index in batch], max_new_tokens, system_prompt
             )

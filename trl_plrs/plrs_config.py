@@ -188,6 +188,13 @@ class PLRSConfig(SFTConfig):
         bf16_chosen = None
         if self.bf16 is None and not self.fp16:
             bf16_chosen = self.bf16 = is_torch_bf16_gpu_available()
+        # transformers >= 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` and warns on the old name,
+        # which TRL sets by default: pass the value on under the new name.
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+            if self.gradient_checkpointing_kwargs is not None and self.activation_checkpointing_kwargs is None:
+                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+                self.gradient_checkpointing_kwargs = None
         super().__post_init__()
         if bf16_chosen is not None:
             logger.info(

@@ -19,15 +19,15 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import is_peft_model
 from datasets import Dataset
-from peft import LoraConfig, PeftConfig
+from peft import LoraConfig, PeftConfig, PeftModel
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainerState
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -246,22 +246,28 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         first_stage_config = dataclasses.replace(
             peft_config, r=self.stages[0].lora_rank, lora_alpha=self.stages[0].lora_alpha
         )
-        super().__init__(
-            model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_loss_func=compute_loss_func,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            quantization_config=quantization_config,
-            peft_config=first_stage_config,
-            formatting_func=formatting_func,
-        )
+        with warnings.catch_warnings():
+            # PEFT 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing`, which transformers 5.24
+            # deprecates; the warning is about PEFT's code, not the user's.
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            super().__init__(
+                model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_loss_func=compute_loss_func,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                quantization_config=quantization_config,
+                peft_config=first_stage_config,
+                formatting_func=formatting_func,
+            )
 
         _check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
         # Tokenized once, here; every stage selects rows of it. Preparation may drop rows (e.g. a completion that
@@ -301,8 +307,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.plrs_callback = PLRSCallback(self)
         # First, so that other callbacks' stage events see the transition done.
         self.callback_handler.callbacks.insert(0, self.plrs_callback)
+        # Bars and log lines per stage (the Trainer installs a `ProgressCallback` unless `disable_tqdm`).
+        self.progress_callback = None
         if self.pop_callback(ProgressCallback) is not None:
-            self.add_callback(CurriculumProgressCallback(self))
+            self.progress_callback = CurriculumProgressCallback(self)
+            self.add_callback(self.progress_callback)
         # Per-level evaluation, forgetting matrix and per-stage early stopping, when the eval data has levels.
         self.stage_early_stopping = None
         self.stage_evaluation = install_stage_evaluation(self)
@@ -516,6 +525,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                         merged -= layer.get_delta_weight(DEFAULT_ADAPTER).float()
                     restored = weight.data.float() - merged
                     weight.data = restored.to(self.base_weight_dtypes.get(name, weight.dtype))
+        model.set_adapter(COMBINED_ADAPTER)  # deleting the active adapter would make PEFT warn that it switched
         for name in [name for name in model.peft_config if name != COMBINED_ADAPTER]:
             model.delete_adapter(name)
         model.load_adapter(self.args.output_dir, adapter_name=DEFAULT_ADAPTER)
@@ -850,7 +860,9 @@ def _long_lived_objects_frozen():
 
 
 def _check_peft_config(model, peft_config) -> None:
-    if not isinstance(model, str) and is_peft_model(model):
+    # (`accelerate.utils.is_peft_model` would import DeepSpeed, which logs 'Setting accelerator to CPU', to unwrap an
+    # engine that a model passed to `__init__` cannot be.)
+    if isinstance(model, PeftModel):
         raise ValueError(
             "`model` is already a `PeftModel`. `CurriculumSFTTrainer` creates and swaps the LoRA adapters itself: "
             "pass the base model (merge the existing adapter first with `model.merge_and_unload()`) and a "

@@ -404,20 +404,23 @@ class StageEvaluationCallback(CurriculumCallback):
         reset_early_stopping(trainer.callback_handler.callbacks)
         if stage.index == 0 and args.stage_eval_before_training and not self.matrix.before:
             self.matrix.before = self.evaluate_levels(
-                generate=args.stage_eval_generate, predictions_dir=os.path.join(STAGE_EVAL_DIR, "before_training")
+                generate=args.stage_eval_generate,
+                predictions_dir=os.path.join(STAGE_EVAL_DIR, "before_training"),
+                label="Eval before training",
             )
             self._save()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         # The Trainer's own evaluation during a stage (the levels seen so far); add the loss of every level.
         if getattr(self.trainer, "is_in_train", False):
-            self.evaluate_levels(generate=False)
+            self.evaluate_levels(generate=False, label=f"Eval at step {state.global_step}")
 
     def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
         trainer = self.trainer
         self.matrix.after_stage[stage.number] = self.evaluate_levels(
             generate=args.stage_eval_generate,
             predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.number}"),
+            label=f"Eval after stage {stage.number}/{len(trainer.stages)}",
         )
         summary = self.matrix.summary()
         logs = {}
@@ -441,20 +444,35 @@ class StageEvaluationCallback(CurriculumCallback):
 
     # Evaluation ---------------------------------------------------------------------------------------------------
 
-    def evaluate_levels(self, generate: bool, predictions_dir: str | None = None) -> dict[str, list[float | None]]:
+    def evaluate_levels(
+        self, generate: bool, predictions_dir: str | None = None, label: str = "Eval"
+    ) -> dict[str, list[float | None]]:
         """
         Loss (and exact match, if `generate`) of the current model on every level; logs them through the trainer's
-        `log()` as `eval_level_<j>/<metric>` and returns `{metric: [value per level]}`.
+        `log()` as `eval_level_<j>/<metric>` and returns `{metric: [value per level]}`. `label` names the progress
+        bars (one for the losses of all levels, one for the generation).
         """
         trainer = self.trainer
         start_time = time.time()
         logs, row = {}, {"loss": []}
-        for level in self.levels:
-            metrics = self._loss_metrics(self.level_datasets[level], description=f"Evaluation of level {level}")
-            row["loss"].append(metrics["loss"])
-            logs.update({f"eval_level_{level}/{name}": value for name, value in metrics.items()})
+        progress = trainer.progress_callback
+        bar = (
+            progress.evaluation_bar(f"{label}: loss of levels {_span(self.levels)}", len(self.levels))
+            if progress
+            else None
+        )
+        try:
+            for level in self.levels:
+                metrics = self._loss_metrics(self.level_datasets[level], description=f"Evaluation of level {level}")
+                row["loss"].append(metrics["loss"])
+                logs.update({f"eval_level_{level}/{name}": value for name, value in metrics.items()})
+                if bar is not None:
+                    bar.update()
+        finally:
+            if progress is not None:
+                progress.close_evaluation_bar()
         if generate:
-            accuracy = self._exact_match(predictions_dir)
+            accuracy = self._exact_match(predictions_dir, f"{label}: exact match of levels {_span(self.levels)}")
             row["exact_match"] = [accuracy.get(level, {}).get("strict") for level in self.levels]
             for level in self.levels:
                 for mode, value in accuracy.get(level, {}).items():
@@ -478,7 +496,7 @@ class StageEvaluationCallback(CurriculumCallback):
         # taken here so that they are reported per level rather than mixed over levels.
         return {"loss": output.metrics["eval_loss"], **pop_accumulated_metrics(trainer, "eval")}
 
-    def _exact_match(self, predictions_dir: str | None) -> dict[int, dict[str, float]]:
+    def _exact_match(self, predictions_dir: str | None, label: str) -> dict[int, dict[str, float]]:
         from .evaluation import PREDICTIONS_FILENAME, evaluate_math
 
         trainer, args = self.trainer, self.trainer.args
@@ -508,7 +526,8 @@ class StageEvaluationCallback(CurriculumCallback):
             max_new_tokens=args.stage_eval_max_new_tokens,
             output_dir=output_dir,
             system_prompt=self.system_prompt,
-            show_progress=not args.disable_tqdm,
+            show_progress=not args.disable_tqdm and trainer.is_world_process_zero(),
+            progress_label=label,
         )
         accuracy = {}
         for key, group in report["per_level"].items():
@@ -541,6 +560,13 @@ class StageEvaluationCallback(CurriculumCallback):
         self.matrix.after_stage = {
             stage: row for stage, row in saved.after_stage.items() if stage <= first_stage_index
         }
+
+
+def _span(levels: list[int]) -> str:
+    """`1-5` for consecutive levels, else `1,3,4`."""
+    if len(levels) > 2 and levels == list(range(levels[0], levels[-1] + 1)):
+        return f"{levels[0]}-{levels[-1]}"
+    return ",".join(map(str, levels))
 
 
 _GENERATION_COLUMNS = {"problem", "solution", "answer", "level", "type", "unique_id"}

@@ -115,6 +115,13 @@ class TrainerInternalsMixin:
             args = copy.copy(args)
             args.max_length = None
             packing = False
+        # TRL tokenizes whole rows and truncates them to `max_length` afterwards, so the tokenizer's one-time
+        # "Token indices sequence length is longer than the specified maximum (N > model_max_length)" warning speaks
+        # of a limit that training does not use; the trainer reports the rows that truncation changes itself.
+        # `PreTrainedTokenizerBase.deprecation_warnings` holds the warnings already given (transformers 5.20-5.24).
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if isinstance(getattr(tokenizer, "deprecation_warnings", None), dict):
+            tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
 
     def restore_rng_state(self, checkpoint: str) -> None:
