@@ -107,3 +107,19 @@ def test_bf16_follows_the_hardware_when_unset():
     config = PLRSConfig(output_dir="out", plrs_preset="replay_shrink", report_to="none")
     assert config.bf16 is is_torch_bf16_gpu_available()
     assert PLRSConfig(output_dir="out", report_to="none", use_cpu=True, bf16=True).bf16 is True
+
+
+def test_construction_gives_no_warning_a_user_has_to_ask_about():
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = PLRSConfig(output_dir="out", plrs_preset="replay_shrink", report_to="none")
+    assert [str(warning.message) for warning in caught] == []
+    # TRL's default gradient checkpointing is kept, under transformers' new name where it exists.
+    assert config.gradient_checkpointing is True
+    assert getattr(config, "activation_checkpointing", True) is True
+    # Pinned memory only serves an accelerator; torch warns at every stage's dataloader without one.
+    assert config.dataloader_pin_memory is torch.accelerator.is_available()

@@ -435,7 +435,7 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
         self.write(
             f"Stage {stage.number}/{len(self.trainer.stages)} done: levels {','.join(map(str, stage.levels))} "
             f"({summary['rows']:,} rows with replay '{self.trainer.replay}'), LoRA r={stage.lora_rank}, "
-            f"{summary['steps']} steps in {summary['train_runtime']:.1f} s"
+            f"{summary['steps']} step{'s' * (summary['steps'] != 1)} in {summary['train_runtime']:.1f} s"
             + ("" if loss is None else f", train loss {loss:.4f}")
             + f"; adapter saved to {stage_dir(args.output_dir, stage.number)}"
         )

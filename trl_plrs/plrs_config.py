@@ -14,6 +14,7 @@
 
 from dataclasses import dataclass, field
 
+import torch
 from accelerate.logging import get_logger
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
@@ -195,6 +196,9 @@ class PLRSConfig(SFTConfig):
             if self.gradient_checkpointing_kwargs is not None and self.activation_checkpointing_kwargs is None:
                 self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
                 self.gradient_checkpointing_kwargs = None
+        # Pinned memory only serves copies to an accelerator; without one torch warns at every stage's dataloader.
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False
         super().__post_init__()
         if bf16_chosen is not None:
             logger.info(
