@@ -23,6 +23,7 @@ Select them with `pytest -m distributed`. The first DeepSpeed run compiles DeepS
 `~/.cache/torch_extensions`).
 """
 
+import csv
 import json
 import os
 import socket
@@ -219,3 +220,29 @@ def test_curriculum_survives_engine(runs, single_process_runs, base_dir, engine,
     for key in weights:
         assert weights[key].dtype == torch.float32
         torch.testing.assert_close(weights[key], single_weights[key], rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)
+
+
+def test_difficulty_scoring_is_split_across_processes_and_agrees(tmp_path, base_dir):
+    """`curriculum_difficulty='base_loss'` under 2 processes: each scores half the rows, all agree on the levels."""
+    distributed_dir = str(tmp_path / "ddp")
+    reports = launch("ddp", base_dir, distributed_dir, "--curriculum_difficulty", "base_loss")
+    single_dir = str(tmp_path / "single")
+    command = [sys.executable, WORKER, "--base_dir", base_dir, "--output_dir", single_dir]
+    _run([*command, "--per_device_train_batch_size", "4", "--curriculum_difficulty", "base_loss"], single_dir)
+    single = _read_report(single_dir, 0)
+
+    assert single["scored_rows"] == [24]  # 3 levels x 8 rows, one process
+    assert [report["scored_rows"] for report in reports] == [[12], [12]]
+    assert reports[0]["row_levels"] == reports[1]["row_levels"] == single["row_levels"]
+    assert sorted(single["row_levels"]) == [1] * 8 + [2] * 8 + [3] * 8
+    for report in reports:
+        assert report["difficulty"]["thresholds"] == pytest.approx(single["difficulty"]["thresholds"], abs=1e-6)
+    with open(os.path.join(distributed_dir, "difficulty.csv")) as file:
+        distributed_rows = list(csv.DictReader(file))
+    with open(os.path.join(single_dir, "difficulty.csv")) as file:
+        single_rows = list(csv.DictReader(file))
+    assert [(row["row"], row["level"]) for row in distributed_rows] == [
+        (row["row"], row["level"]) for row in single_rows
+    ]
+    for distributed_row, single_row in zip(distributed_rows, single_rows):
+        assert float(distributed_row["score"]) == pytest.approx(float(single_row["score"]), abs=1e-6)

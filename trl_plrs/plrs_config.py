@@ -20,6 +20,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 from .curriculum import ADAPTER_TRANSITIONS, PRESETS, normalize_curriculum_stages, normalize_lora_ranks, parse_replay
+from .difficulty import DIFFICULTY_METHODS, method_name
 
 
 logger = get_logger(__name__)
@@ -48,6 +49,18 @@ class PLRSConfig(SFTConfig):
         drop_unknown_levels (`bool`, *optional*, defaults to `True`):
             Whether to drop the rows whose level cannot be parsed (MATH has two `"Level ?"` rows), logging how many
             were dropped. When `False`, such rows raise an error.
+        curriculum_difficulty (`str` or `Callable[[dict], float]`, *optional*):
+            For datasets without levels: how to score each training row's difficulty (higher is harder) instead of
+            reading `curriculum_column`. `"base_loss"`: the base model's mean per-token loss on the row's completion
+            tokens (the tokens the curriculum trains on), one forward pass per row before training; `"length"`: the
+            number of those tokens; or a callable that takes a prepared row (your columns plus `input_ids` and
+            `labels`) and returns a float. The rows are cut into `curriculum_num_levels` equal-size levels by score,
+            level 1 the easiest, ties broken by row index; the scores and levels go to `output_dir/difficulty.csv`.
+            When the dataset also has `curriculum_column`, the computed levels win (a warning says so). An
+            `eval_dataset` is scored the same way and binned with the training rows' thresholds. `None` (the
+            default): read the levels from `curriculum_column`.
+        curriculum_num_levels (`int`, *optional*, defaults to `5`):
+            Number of difficulty levels computed with `curriculum_difficulty`.
         replay (`str` or `float`, *optional*):
             What each stage replays of the earlier stages' rows: `"none"`, `"full"` (every row of every earlier
             stage), or a fraction in (0, 1] (that share of each earlier stage's rows, sampled with `seed` and drawn
@@ -112,6 +125,18 @@ class PLRSConfig(SFTConfig):
     drop_unknown_levels: bool = field(
         default=True,
         metadata={"help": "Drop rows whose level cannot be parsed (logging the count) instead of raising an error."},
+    )
+    curriculum_difficulty: str | None = field(
+        default=None,
+        metadata={
+            "help": "Compute each row's level instead of reading `curriculum_column`: 'base_loss' (the base model's "
+            "mean loss on the completion tokens) or 'length' (number of completion tokens), cut into "
+            "`curriculum_num_levels` equal-size levels, level 1 the easiest. In Python, also a callable row -> float."
+        },
+    )
+    curriculum_num_levels: int = field(
+        default=5,
+        metadata={"help": "Number of equal-size difficulty levels with `curriculum_difficulty`."},
     )
     replay: str | None = field(
         default=None,
@@ -184,6 +209,20 @@ class PLRSConfig(SFTConfig):
         },
     )
 
+    def to_dict(self):
+        # A callable `curriculum_difficulty` is written (JSON, trackers' hyperparameters) as its qualified name.
+        values = super().to_dict()
+        if callable(self.curriculum_difficulty):
+            values["curriculum_difficulty"] = method_name(self.curriculum_difficulty)
+        return values
+
+    def __getstate__(self):
+        # `training_args.bin` is a pickle, which a lambda cannot be part of: it keeps the callable's name.
+        state = self.__dict__.copy()
+        if callable(state.get("curriculum_difficulty")):
+            state["curriculum_difficulty"] = method_name(state["curriculum_difficulty"])
+        return state
+
     def __post_init__(self):
         # TRL turns bf16 on when it is unset, which fails on a machine without a bf16 GPU: there, train in fp32.
         bf16_chosen = None
@@ -229,6 +268,21 @@ class PLRSConfig(SFTConfig):
                     "Use e.g. 2.0 (alpha = 2r, as in the paper), or None for the preset's ratio or the peft_config's."
                 )
             self.lora_alpha_ratio = ratio
+        difficulty = self.curriculum_difficulty
+        if difficulty is not None and not callable(difficulty) and difficulty not in DIFFICULTY_METHODS:
+            raise ValueError(
+                f"`curriculum_difficulty` must be one of {list(DIFFICULTY_METHODS)}, a callable row -> float, or None, "
+                f"but the value passed is {difficulty!r}. Use 'base_loss' (the base model's loss on the completion), "
+                "'length' (completion tokens), or None to read the levels from `curriculum_column`."
+            )
+        levels = self.curriculum_num_levels
+        if isinstance(levels, str) and levels.strip().isdigit():
+            levels = self.curriculum_num_levels = int(levels)
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise ValueError(
+                f"`curriculum_num_levels` must be a positive integer, but the value passed is {levels!r}. Use e.g. 5 "
+                "(as MATH's levels)."
+            )
         self.curriculum_stages = normalize_curriculum_stages(self.curriculum_stages)
         self.lora_ranks = normalize_lora_ranks(self.lora_ranks)
         self.replay = parse_replay(self.replay)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, PeftModel
 from torch import nn
@@ -62,6 +63,18 @@ from .checkpointing import (
     write_json_atomic,
 )
 from .curriculum import Stage, build_stages, dataset_levels, resolve_replay
+from .difficulty import (
+    DIFFICULTY_CSV,
+    DIFFICULTY_ROW_COLUMN,
+    base_loss_scores,
+    bin_scores,
+    callable_scores,
+    completion_lengths,
+    levels_from_scores,
+    method_name,
+    read_difficulty,
+    write_difficulty,
+)
 from .fingerprint import as_json, data_fingerprint, fingerprint_differences, model_fingerprint, training_fingerprint
 from .plrs_config import PLRSConfig
 from .quantization import is_quantized, keep_4bit_weights_trainable_on_cpu
@@ -221,7 +234,12 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "default) or 'stack', which keep finished adapters frozen and active beside the new one."
             )
 
-        train_dataset, row_levels = _select_leveled_rows(train_dataset, args)
+        if args.curriculum_difficulty is None:
+            train_dataset, row_levels = _select_leveled_rows(train_dataset, args)
+        else:
+            # Levels 1..K are computed after dataset preparation, from the tokenized rows (`_assign_difficulty_levels`).
+            train_dataset, eval_dataset = _prepare_for_computed_levels(train_dataset, eval_dataset, args)
+            row_levels = list(range(1, args.curriculum_num_levels + 1))
         self.stages = build_stages(
             available_levels=row_levels,
             curriculum_stages=args.curriculum_stages,
@@ -273,6 +291,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         # Tokenized once, here; every stage selects rows of it. Preparation may drop rows (e.g. a completion that
         # truncation removed entirely), so the levels are read again from the prepared rows.
         self.curriculum_dataset = self.train_dataset
+        self.difficulty = None
+        if args.curriculum_difficulty is not None:
+            self._assign_difficulty_levels()
         if args.curriculum_column not in self.curriculum_dataset.column_names:
             raise ValueError(
                 f"The prepared training dataset lost the `curriculum_column` {args.curriculum_column!r} (columns: "
@@ -315,6 +336,70 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         # Per-level evaluation, forgetting matrix and per-stage early stopping, when the eval data has levels.
         self.stage_early_stopping = None
         self.stage_evaluation = install_stage_evaluation(self)
+
+    def _assign_difficulty_levels(self) -> None:
+        """
+        Score every prepared training row (`args.curriculum_difficulty`), cut the rows into `curriculum_num_levels`
+        equal-size levels, write them to `output_dir/difficulty.csv` and into the `curriculum_column`; bin the
+        `eval_dataset` with the same thresholds. A `"base_loss"` run that finds the levels it would compute already
+        in `output_dir` (same data, model and settings: a resume, or a rerun) reads them instead of scoring again.
+        """
+        args = self.args
+        column, method = args.curriculum_column, method_name(args.curriculum_difficulty)
+        dataset = self.curriculum_dataset
+        rows = dataset[DIFFICULTY_ROW_COLUMN]
+        key = {
+            "method": method,
+            "num_levels": args.curriculum_num_levels,
+            "data_sha256": data_fingerprint(dataset),
+            "model": self._base_model_fingerprint(),
+        }
+        saved = read_difficulty(args.output_dir, key) if args.curriculum_difficulty == "base_loss" else None
+        if saved is not None:
+            scores, levels, thresholds = saved
+            logger.info(f"Read the difficulty levels of this data and model from {args.output_dir}.")
+        else:
+            scores = self.score_difficulty(dataset, "train")
+            levels, thresholds = levels_from_scores(scores, args.curriculum_num_levels)
+            if args.should_save:
+                write_difficulty(args.output_dir, key, rows, scores, levels, thresholds)
+        self.difficulty = {"method": method, "num_levels": args.curriculum_num_levels, "thresholds": thresholds}
+        self.curriculum_dataset = self.train_dataset = dataset.add_column(column, levels)
+        sizes = [levels.count(level) for level in range(1, args.curriculum_num_levels + 1)]
+        logger.info(
+            f"Difficulty levels by {method}: {sizes} rows in levels 1-{args.curriculum_num_levels} (thresholds "
+            f"{[round(t, 4) for t in thresholds]}), written to {os.path.join(args.output_dir, DIFFICULTY_CSV)}."
+        )
+        if isinstance(self.eval_dataset, Dataset):
+            eval_levels = bin_scores(self.score_difficulty(self.eval_dataset, "eval"), thresholds)
+            self.eval_dataset = self.eval_dataset.add_column(column, eval_levels)
+
+    def score_difficulty(self, dataset: Dataset, split: str) -> list[float]:
+        """
+        The `curriculum_difficulty` score of every row of a prepared (tokenized) dataset. `"base_loss"` is split
+        across processes, each scoring its share with the base model (the adapter disabled), and gathered in order.
+        """
+        difficulty = self.args.curriculum_difficulty
+        if difficulty == "length":
+            return completion_lengths(dataset)
+        if callable(difficulty):
+            return callable_scores(difficulty, dataset)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        with self.accelerator.split_between_processes(list(range(len(dataset)))) as shard:
+            with _scoring_model(self.model, self.accelerator.device, self.is_quantized) as model:
+                scores = base_loss_scores(
+                    model,
+                    dataset.select(shard),
+                    batch_size=self.args.per_device_eval_batch_size,
+                    pad_token_id=getattr(tokenizer, "pad_token_id", None) or 0,
+                    show_progress=self.is_world_process_zero() and not self.args.disable_tqdm,
+                    description=f"Scoring the {split} rows' difficulty (base_loss)",
+                )
+        return gather_object(scores) if self.accelerator.num_processes > 1 else scores
+
+    def _base_model_fingerprint(self) -> dict[str, str]:
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return model_fingerprint(model_name_or_path(model), model.config.to_dict())
 
     def _resolve_adapter_transition(self) -> str:
         """`args.adapter_transition`, with `"auto"` resolved from how the targeted base weights train."""
@@ -654,9 +739,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         `trl_plrs.fingerprint`).
         """
         if self._run_fingerprint is None:
-            model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             self._run_fingerprint = {
-                "model": model_fingerprint(model_name_or_path(model), model.config.to_dict()),
+                "model": self._base_model_fingerprint(),
                 "data_sha256": data_fingerprint(self.curriculum_dataset),
                 **training_fingerprint(self.args, self.stage_peft_config),
             }
@@ -667,6 +751,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             "seed": self.args.seed,
             "curriculum_column": self.args.curriculum_column,
             "rows_per_level": {str(level): self.row_levels.count(level) for level in sorted(set(self.row_levels))},
+            "difficulty": self.difficulty,
             **self._run_fingerprint,
         }
         return as_json(fingerprint)  # as it reads back from a checkpoint
@@ -936,8 +1021,7 @@ def _check_lora_targets(layers, peft_config: LoraConfig) -> None:
         )
 
 
-def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list[int]]:
-    """Parse each row's level; drop (or reject) rows without one. Returns the dataset and the level of each row."""
+def _check_train_dataset(train_dataset) -> None:
     if train_dataset is None:
         raise ValueError("`train_dataset` is required: the curriculum is built from its levels.")
     if not isinstance(train_dataset, Dataset):
@@ -947,7 +1031,6 @@ def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list
         )
     if len(train_dataset) == 0:
         raise ValueError("`train_dataset` is empty. Pass a dataset with at least one row per curriculum level.")
-    column = args.curriculum_column
     columns = set(train_dataset.column_names)
     if {"problem", "solution"} <= columns and not columns & {"prompt", "completion", "messages", "text", "input_ids"}:
         raise ValueError(
@@ -955,6 +1038,12 @@ def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list
             "or `text` for `SFTTrainer` to train on. Convert the rows first: `dataset.map(to_prompt_completion)` "
             "(from `trl_plrs`), which keeps the `level` column."
         )
+
+
+def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list[int]]:
+    """Parse each row's level; drop (or reject) rows without one. Returns the dataset and the level of each row."""
+    _check_train_dataset(train_dataset)
+    column = args.curriculum_column
     if column not in train_dataset.column_names:
         raise ValueError(
             f"`curriculum_column` is {column!r}, but the training dataset has no such column (columns: "
@@ -976,3 +1065,42 @@ def _select_leveled_rows(train_dataset, args: PLRSConfig) -> tuple[Dataset, list
         train_dataset = train_dataset.select(keep)
         levels = [levels[index] for index in keep]
     return train_dataset, levels
+
+
+def _prepare_for_computed_levels(train_dataset, eval_dataset, args: PLRSConfig):
+    """
+    With `curriculum_difficulty`, the levels are computed: a `curriculum_column` in the data is set aside (the
+    computed levels win, with a warning), and each training row keeps its index in the dataset passed, for
+    `difficulty.csv`.
+    """
+    _check_train_dataset(train_dataset)
+    column, method = args.curriculum_column, method_name(args.curriculum_difficulty)
+    if column in train_dataset.column_names:
+        logger.warning(
+            f"The training dataset has a `curriculum_column` {column!r}, and `curriculum_difficulty={method!r}` is set: "
+            f"the computed levels win and the column is not used. Unset `curriculum_difficulty` to use the column."
+        )
+        train_dataset = train_dataset.remove_columns(column)
+    if isinstance(eval_dataset, Dataset) and column in eval_dataset.column_names:
+        eval_dataset = eval_dataset.remove_columns(column)  # binned with the training rows' thresholds instead
+    train_dataset = train_dataset.add_column(DIFFICULTY_ROW_COLUMN, list(range(len(train_dataset))))
+    return train_dataset, eval_dataset
+
+
+@contextlib.contextmanager
+def _scoring_model(model, device: torch.device, quantized: bool):
+    """
+    The base model, as it computes the difficulty scores: the adapter disabled; under ZeRO-3 with partitioned weights
+    (`zero.Init`), gathered whole on every process; on the accelerator when DeepSpeed left it on the CPU.
+    """
+    params = list(model.parameters())
+    gathered = contextlib.nullcontext()
+    if any(hasattr(param, "ds_id") for param in params):
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params)
+    elif not quantized and params and params[0].device.type == "cpu" and device.type != "cpu":
+        model.to(device)
+    disabled = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with gathered, disabled:
+        yield model

@@ -39,7 +39,12 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import (
+    CurriculumCallback,
+    CurriculumSFTTrainer,
+    PLRSConfig,
+    plrs_trainer,  # its `base_loss_scores` is wrapped to count the rows each process scores
+)
 from trl_plrs.adapters import DEFAULT_ADAPTER, gathered_parameters, lora_layers, trainable_adapter_names
 from trl_plrs.data import make_synthetic_math, to_prompt_completion
 
@@ -132,6 +137,9 @@ def main():
     parser.add_argument("--max_steps", type=int, default=3)
     parser.add_argument("--lora_dropout", type=float, default=0.0)
     parser.add_argument(
+        "--curriculum_difficulty", default=None, choices=["base_loss", "length"], help="Levels computed, not read."
+    )
+    parser.add_argument(
         "--deepspeed", default=None, help="A user's DeepSpeed JSON, passed as `PLRSConfig(deepspeed=...)`."
     )
     args = parser.parse_args()
@@ -141,6 +149,16 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.base_dir)
     model = AutoModelForCausalLM.from_pretrained(args.base_dir, dtype=torch.float32)
     dataset = make_synthetic_math(num_per_level=8, levels=(1, 2, 3), seed=0).map(to_prompt_completion)
+    scored_rows = []
+    if args.curriculum_difficulty is not None:
+        dataset = dataset.remove_columns("level")  # the levels are computed
+        score = plrs_trainer.base_loss_scores
+
+        def counting_base_loss_scores(model, rows, **kwargs):
+            scored_rows.append(len(rows))  # the rows this process scores
+            return score(model, rows, **kwargs)
+
+        plrs_trainer.base_loss_scores = counting_base_loss_scores
 
     training_args = PLRSConfig(
         output_dir=args.output_dir,
@@ -162,6 +180,8 @@ def main():
         adapter_transition=args.adapter_transition,
         dataloader_num_workers=0,
         deepspeed=args.deepspeed,
+        curriculum_difficulty=args.curriculum_difficulty,
+        curriculum_num_levels=3,
     )
     batch = tokenizer(
         [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False) for p in PROBE_PROBLEMS],
@@ -200,6 +220,9 @@ def main():
         "final_logits": final_logits,
         "probe_batch": {key: value.tolist() for key, value in batch.items()},
         "train_loss": output.training_loss,
+        "difficulty": trainer.difficulty,
+        "row_levels": trainer.row_levels,
+        "scored_rows": scored_rows,
         "global_step": output.global_step,
     }
     with open(os.path.join(args.output_dir, f"report-rank{state.process_index}.json"), "w") as file:
