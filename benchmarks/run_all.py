@@ -34,13 +34,14 @@ import time
 
 
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["overhead", "data_prep", "transition", "memory", "packing"]
+BENCHMARKS = ["overhead", "data_prep", "transition", "memory", "packing", "difficulty"]
 GOALS = {
     "overhead": "wall ratio curriculum / SFTTrainer <= 1.03",
     "data_prep": "ours / loop of trainers <= 0.3",
     "transition": "transition + loop re-entry <= 2% of a stage",
     "memory": "peak RSS curriculum / SFTTrainer <= 1.05",
     "packing": "tokens/s packed / padded >= 1.4",
+    "difficulty": "base_loss scoring / one epoch <= 0.4",
 }
 
 
@@ -48,7 +49,7 @@ def headline(name: str, results: dict) -> str:
     if name == "overhead":
         ratio = results["ratio"]
         return f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
-    if name in ("data_prep", "packing"):
+    if name in ("data_prep", "packing", "difficulty"):
         ratio = results["ratio"]
         return f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
     if name == "transition":
@@ -82,7 +83,7 @@ def main(argv=None):
         command = [sys.executable, os.path.join(BENCHMARKS_DIR, f"bench_{name}.py"), "--output_dir", args.output_dir]
         if args.quick:
             command.append("--quick")
-        if name in ("data_prep", "packing") and args.math_train_path:
+        if name in ("data_prep", "packing", "difficulty") and args.math_train_path:
             command += ["--math_train_path", args.math_train_path]
         if not args.summary_only:
             start = time.perf_counter()
@@ -90,7 +91,7 @@ def main(argv=None):
             subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
             print(f"== {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
         json_path = os.path.join(args.output_dir, f"{name}.json")
-        if name in ("data_prep", "packing") and not os.path.exists(json_path):
+        if name in ("data_prep", "packing", "difficulty") and not os.path.exists(json_path):
             lines.append(f"| {name} | skipped (no MATH train file) | {GOALS[name]} | - |")
             continue
         with open(json_path) as json_file:

@@ -106,3 +106,14 @@ def test_packing_benchmark_skips_without_math(benchmarks_on_path, tmp_path, caps
         is None
     )
     assert "Skipping" in capsys.readouterr().out
+
+
+def test_difficulty_benchmark_smoke_on_synthetic_rows(benchmarks_on_path, tmp_path):
+    import bench_difficulty
+
+    results = bench_difficulty.main(
+        ["--synthetic", "--rows", "40", "--repeats", "1", "--max_length", "256", "--output_dir", str(tmp_path)]
+    )
+    assert results["rows"] == 40 and results["steps"] == 5  # one epoch of 40 rows in batches of 8
+    assert results["ratio"]["n"] == 1 and results["ratio"]["median"] > 0
+    assert "Scoring / one epoch" in (tmp_path / "difficulty.md").read_text()
