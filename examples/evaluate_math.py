@@ -28,6 +28,12 @@ python examples/evaluate_math.py \
     --output_dir eval/plrs-llama-1b
 ```
 
+# The same on 4 GPUs: each process generates a quarter of the problems; one predictions CSV, one summary
+```bash
+accelerate launch --num_processes 4 examples/evaluate_math.py --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \
+    --adapter_path outputs/plrs-llama-1b --dataset_name EleutherAI/hendrycks_math --output_dir eval/plrs-llama-1b
+```
+
 # A local copy of MATH (jsonl, json, or a folder of per-problem JSON files), first 100 problems
 ```bash
 python examples/evaluate_math.py \
@@ -48,6 +54,7 @@ Arguments can also come from a YAML file: `python examples/evaluate_math.py --co
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
@@ -136,8 +143,9 @@ def main(script_args: EvaluateArguments) -> dict:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, script_args.adapter_path)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    # One device per process: under `accelerate launch --num_processes N` each generates its share of the problems.
+    state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs, several processes join one gloo group
+    model = model.to(state.device)
 
     summary = evaluate_math(
         model,
@@ -148,7 +156,8 @@ def main(script_args: EvaluateArguments) -> dict:
         output_dir=script_args.output_dir,
         system_prompt=script_args.system_prompt,
     )
-    print(report_to_markdown(summary))
+    if state.is_main_process:
+        print(report_to_markdown(summary))
     return summary
 
 

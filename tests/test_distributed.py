@@ -246,3 +246,61 @@ def test_difficulty_scoring_is_split_across_processes_and_agrees(tmp_path, base_
     ]
     for distributed_row, single_row in zip(distributed_rows, single_rows):
         assert float(distributed_row["score"]) == pytest.approx(float(single_row["score"]), abs=1e-6)
+
+
+EVALUATION_WORKER = os.path.join(DISTRIBUTED_DIR, "run_evaluation.py")
+
+
+def _launch_evaluation(base_dir: str, output_dir: str, processes: int) -> list[dict]:
+    os.makedirs(output_dir, exist_ok=True)
+    worker = [EVALUATION_WORKER, "--base_dir", base_dir, "--output_dir", output_dir]
+    if processes == 1:
+        command = [sys.executable, *worker]
+    else:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", os.path.join(DISTRIBUTED_DIR, "ddp_cpu.yaml"),
+            "--num_processes", str(processes),
+            "--main_process_port", str(_free_port()),
+            *worker,
+        ]  # fmt: skip
+    _run(command, output_dir)
+    return [_read_report(output_dir, rank) for rank in range(processes)]
+
+
+def _predictions(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "eval", "predictions.csv"), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_evaluation_is_split_across_processes_and_equals_one_process(tmp_path, base_dir):
+    (single,) = _launch_evaluation(base_dir, str(tmp_path / "single"), 1)
+    reports = _launch_evaluation(base_dir, str(tmp_path / "two"), 2)
+
+    # Each process generated its own half, longest prompts first; together every problem once.
+    halves = [report["generated"] for report in reports]
+    assert sorted(len(half) for half in halves) == [7, 8]
+    assert sorted(halves[0] + halves[1]) == sorted(single["generated"])
+    assert all(half == sorted(half, key=len, reverse=True) for half in halves)
+    # One CSV in the dataset's order, equal to the single process's; every process returns the same report.
+    assert _predictions(str(tmp_path / "two")) == _predictions(str(tmp_path / "single"))
+    for report in reports:
+        assert report["report"] == single["report"]
+    assert sorted(os.listdir(tmp_path / "two" / "eval")) == ["predictions.csv", "summary.json", "summary.md"]
+
+
+def test_interrupted_distributed_evaluation_resumes(tmp_path, base_dir):
+    (single,) = _launch_evaluation(base_dir, str(tmp_path / "single"), 1)
+    expected = _predictions(str(tmp_path / "single"))
+    # An interrupted 2-process run: process 1 had written 3 rows to its part file, the final CSV was never written.
+    eval_dir = tmp_path / "resumed" / "eval"
+    eval_dir.mkdir(parents=True)
+    with open(eval_dir / "predictions.part-1.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(expected[0]))
+        writer.writeheader()
+        writer.writerows(expected[5:8])
+    reports = _launch_evaluation(base_dir, str(tmp_path / "resumed"), 2)
+    assert [report["report"]["num_resumed"] for report in reports] == [3, 3]
+    assert sum(len(report["generated"]) for report in reports) == 15 - 3
+    assert _predictions(str(tmp_path / "resumed")) == expected
+    assert not (eval_dir / "predictions.part-1.csv").exists()

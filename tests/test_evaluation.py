@@ -115,10 +115,11 @@ def test_csv_summary_and_resume(tmp_path, dataset, monkeypatch):
     calls.clear()
     summary = evaluate_math(_Scripted(), None, dataset, batch_size=4, output_dir=output_dir)
     generated = [problem for batch in calls for problem in batch]
-    assert generated == dataset["problem"][4:]
+    # Only the missing rows, longest prompts first.
+    assert generated == sorted(dataset["problem"][4:], key=len, reverse=True)
     assert summary["num_generated"] == 6 and summary["num_resumed"] == 4
     rows = _read_csv(os.path.join(output_dir, "predictions.csv"))
-    assert sorted(row["unique_id"] for row in rows) == sorted(dataset["unique_id"])
+    assert [row["unique_id"] for row in rows] == dataset["unique_id"]  # one CSV, in the dataset's order
 
     by_id = {row["unique_id"]: row for row in rows}
     first_row = by_id[dataset["unique_id"][0]]

@@ -22,6 +22,7 @@ run resumes), and a summary per level and subject in JSON and markdown.
 
 import copy
 import csv
+import glob
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +55,9 @@ PREDICTION_COLUMNS = (
     "correct_symbolic",
 )
 PREDICTIONS_FILENAME = "predictions.csv"
+# What each process of a data-parallel evaluation appends while generating; merged into `predictions.csv` at the end.
+PART_FILENAME = "predictions.part-{rank}.csv"
+PART_FILENAME_PATTERN = "predictions.part-*.csv"
 SUMMARY_JSON_FILENAME = "summary.json"
 SUMMARY_MARKDOWN_FILENAME = "summary.md"
 
@@ -183,15 +189,19 @@ def evaluate_math(
     system_prompt: str | None = SYSTEM_PROMPT,
     show_progress: bool = True,
     progress_label: str = "Generating",
+    shard_across_processes: bool | None = None,
 ) -> dict:
     """
     Exact-match accuracy of a model on MATH-like rows, in strict and symbolic modes, overall, per level and per subject.
 
-    Generation is greedy and batched with left padding (the same completions as one-by-one generation). When
-    `output_dir` is set, each finished batch is appended (and flushed) to `<output_dir>/predictions.csv` with the
-    columns `unique_id, level, type, problem, gold, completion, prediction, correct_strict, correct_symbolic`; rows
-    whose `unique_id` is already there are skipped, so an interrupted evaluation resumes. The summary is written to
-    `summary.json` and `summary.md` beside it.
+    Generation is greedy and batched with left padding (the same completions as one-by-one generation), longest
+    prompts first (batches of similar lengths pad less). Under `accelerate launch --num_processes N` the problems are
+    split across the processes (every n-th of that order), each generates its share, and every process returns the
+    report of all rows; the main process writes ONE `<output_dir>/predictions.csv`, in the dataset's order, with the
+    columns `unique_id, level, type, problem, gold, completion, prediction, correct_strict, correct_symbolic`, and the
+    summary `summary.json` and `summary.md` beside it: the same files as one process writes. While generating, each
+    finished batch is appended (and flushed) to that CSV, or with several processes to `predictions.part-<rank>.csv`;
+    rows already in either are skipped, so an interrupted evaluation resumes, with any number of processes.
 
     Args:
         model ([`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
@@ -213,6 +223,10 @@ def evaluate_math(
             Show a progress bar over batches.
         progress_label (`str`, *optional*, defaults to `"Generating"`):
             Label of that bar.
+        shard_across_processes (`bool`, *optional*):
+            Split the problems across the processes of a distributed run (the default when there are several). `False`:
+            every process generates every problem, e.g. under DeepSpeed ZeRO-3, where every forward pass needs every
+            process.
 
     Returns:
         `dict`: The [`~trl_plrs.grading.accuracy_report`] of all rows of `dataset`, plus `num_generated` (rows generated
@@ -244,36 +258,41 @@ def evaluate_math(
     types = dataset["type"] if "type" in columns else [""] * len(dataset)
     problems = dataset["problem"]
 
+    state = PartialState()
+    sharded = state.num_processes > 1 and shard_across_processes is not False
     csv_path = None
     done: dict[str, dict] = {}
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         csv_path = os.path.join(output_dir, PREDICTIONS_FILENAME)
-        done = {row["unique_id"]: row for row in _read_predictions(csv_path)}
-    todo = [index for index, unique_id in enumerate(unique_ids) if unique_id not in done]
-    if done:
-        logger.info(f"Resuming: {len(unique_ids) - len(todo)} rows already in {csv_path}, {len(todo)} to generate.")
-
+        # The finished CSV, and the rows each process of an interrupted data-parallel run had written.
+        for path in [csv_path, *sorted(glob.glob(os.path.join(output_dir, PART_FILENAME_PATTERN)))]:
+            done.update({row["unique_id"]: row for row in _read_predictions(path)})
     wanted = set(unique_ids)
     results: dict[str, dict] = {uid: row for uid, row in done.items() if uid in wanted}
-    file = None
-    writer = None
-    if csv_path is not None:
-        new_file = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
-        file = open(csv_path, "a", newline="", encoding="utf-8")
-        writer = csv.DictWriter(file, fieldnames=PREDICTION_COLUMNS)
-        if new_file:
-            writer.writeheader()
-            file.flush()
-    try:
-        batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    if sharded:
+        # The main process's view of what is done decides every process's share.
+        results = broadcast_object_list([results])[0]
+    todo = [index for index, unique_id in enumerate(unique_ids) if unique_id not in results]
+    if results:
+        logger.info(f"Resuming: {len(results)} rows already in {output_dir}, {len(todo)} to generate.")
+    # Longest prompts first: a batch of similar lengths pads less, and the slowest batches start first. Every process
+    # takes every n-th prompt of that order, so the shares are balanced.
+    todo.sort(key=lambda index: -len(problems[index]))
+    mine = todo[state.process_index :: state.num_processes] if sharded else todo
+
+    part_path = None
+    if output_dir is not None:
+        part_path = os.path.join(output_dir, PART_FILENAME.format(rank=state.process_index)) if sharded else csv_path
+    new_rows = []
+    with _appending_predictions(part_path) as append:
+        batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
         for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not show_progress):
             completions = generate_completions(
                 model, tokenizer, [problems[index] for index in batch], max_new_tokens, system_prompt
             )
-            rows = []
-            for index, completion in zip(batch, completions, strict=True):
-                row = {
+            rows = [
+                {
                     "unique_id": unique_ids[index],
                     "level": levels[index],
                     "type": types[index],
@@ -282,21 +301,47 @@ def evaluate_math(
                     "completion": completion,
                     **grade_completion(completion, golds[index]),
                 }
-                rows.append(row)
-                results[row["unique_id"]] = row
-            if writer is not None:
-                writer.writerows(rows)
-                file.flush()
-                os.fsync(file.fileno())
-    finally:
-        if file is not None:
-            file.close()
+                for index, completion in zip(batch, completions, strict=True)
+            ]
+            append(rows)
+            new_rows += rows
+    if sharded:
+        new_rows = gather_object(new_rows)  # every process gets every row, in rank order
+    results.update({row["unique_id"]: row for row in new_rows})
 
     ordered = [results[unique_id] for unique_id in unique_ids]
     extra = {"num_generated": len(todo), "num_resumed": len(unique_ids) - len(todo)}
-    if output_dir is not None:
-        return _write_summary(output_dir, ordered, extra)
-    return {**extra, **accuracy_report(ordered)}
+    if output_dir is None or (sharded and not state.is_main_process):
+        report = {**extra, **accuracy_report(ordered)}
+    else:
+        # One CSV in the dataset's order (rows were appended as batches finished), then the parts are no longer needed.
+        _write_predictions(csv_path, ordered)
+        for path in glob.glob(os.path.join(output_dir, PART_FILENAME_PATTERN)):
+            os.remove(path)
+        report = _write_summary(output_dir, ordered, extra)
+    if sharded:
+        state.wait_for_everyone()
+    return report
+
+
+@contextmanager
+def _appending_predictions(csv_path: str | None) -> Iterator:
+    """A function that appends rows to `csv_path` (header first if new), flushed and synced; a no-op without a path."""
+    if csv_path is None:
+        yield lambda rows: None
+        return
+    new_file = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+    with open(csv_path, "a", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=PREDICTION_COLUMNS)
+        if new_file:
+            writer.writeheader()
+
+        def append(rows):
+            writer.writerows(rows)
+            file.flush()
+            os.fsync(file.fileno())
+
+        yield append
 
 
 def rescore_predictions(csv_path: str, output_dir: str | None = None) -> dict:

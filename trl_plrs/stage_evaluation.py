@@ -33,6 +33,7 @@ For a loss (lower is better) every difference is negated, so that positive still
 """
 
 import csv
+import glob
 import logging
 import math
 import os
@@ -497,7 +498,7 @@ class StageEvaluationCallback(CurriculumCallback):
         return {"loss": output.metrics["eval_loss"], **pop_accumulated_metrics(trainer, "eval")}
 
     def _exact_match(self, predictions_dir: str | None, label: str) -> dict[int, dict[str, float]]:
-        from .evaluation import PREDICTIONS_FILENAME, evaluate_math
+        from .evaluation import PART_FILENAME_PATTERN, PREDICTIONS_FILENAME, evaluate_math
 
         trainer, args = self.trainer, self.trainer.args
         cap = args.stage_eval_max_problems_per_level
@@ -514,10 +515,14 @@ class StageEvaluationCallback(CurriculumCallback):
         output_dir = None
         if predictions_dir is not None and args.should_save:
             output_dir = os.path.join(args.output_dir, predictions_dir)
-            stale = os.path.join(output_dir, PREDICTIONS_FILENAME)
-            if os.path.exists(stale):
-                os.remove(stale)  # a resumed stage trains again: its predictions must come from the new weights
-        # Every rank generates (ZeRO-3 needs all ranks in each forward); only the main process writes the files.
+            # A resumed stage trains again: its predictions must come from the new weights.
+            stale = [os.path.join(output_dir, PREDICTIONS_FILENAME)]
+            for path in stale + glob.glob(os.path.join(output_dir, PART_FILENAME_PATTERN)):
+                if os.path.exists(path):
+                    os.remove(path)
+        # The problems are split across processes, as in `evaluate_math`, except under ZeRO-3, whose every forward pass
+        # needs every process: there every process generates every problem. Only the main process writes the files.
+        zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
         report = evaluate_math(
             trainer.model,
             trainer.processing_class,
@@ -528,6 +533,7 @@ class StageEvaluationCallback(CurriculumCallback):
             system_prompt=self.system_prompt,
             show_progress=not args.disable_tqdm and trainer.is_world_process_zero(),
             progress_label=label,
+            shard_across_processes=not zero3,
         )
         accuracy = {}
         for key, group in report["per_level"].items():
