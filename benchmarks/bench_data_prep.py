@@ -54,7 +54,7 @@ from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig
-from trl_plrs.data import load_math, math_corpus, to_prompt_completion
+from trl_plrs.math.data import load_math, math_corpus, to_prompt_completion
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 

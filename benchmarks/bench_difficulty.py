@@ -46,7 +46,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
-from trl_plrs.data import load_math, make_synthetic_math, math_corpus, to_prompt_completion
+from trl_plrs.math.data import load_math, make_synthetic_math, math_corpus, to_prompt_completion
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 

@@ -45,10 +45,10 @@ import datasets
 import torch
 import transformers
 
-from trl_plrs import grading
-from trl_plrs.data import load_math, make_synthetic_math, math_corpus
-from trl_plrs.evaluation import generate_completions, rescore_predictions
-from trl_plrs.grading import extract_boxed_answer, is_equiv
+from trl_plrs.math import grading
+from trl_plrs.math.data import load_math, make_synthetic_math, math_corpus
+from trl_plrs.math.evaluation import generate_completions, rescore_predictions
+from trl_plrs.math.grading import extract_boxed_answer, is_equiv
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 

@@ -58,9 +58,9 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
-from trl_plrs.data import SYSTEM_PROMPT, load_math
-from trl_plrs.evaluation import evaluate_math, rescore_predictions
-from trl_plrs.grading import report_to_markdown
+from trl_plrs.math.data import SYSTEM_PROMPT, load_math
+from trl_plrs.math.evaluation import evaluate_math, rescore_predictions
+from trl_plrs.math.grading import report_to_markdown
 
 
 @dataclass
@@ -91,7 +91,7 @@ class EvaluateArguments:
             Re-grade this predictions CSV (no model is loaded) and write the results to `output_dir`.
         dtype (`str`, *optional*, defaults to `"auto"`):
             Model dtype: `"auto"`, `"bfloat16"`, `"float16"` or `"float32"`.
-        system_prompt (`str`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+        system_prompt (`str`, *optional*, defaults to [`~trl_plrs.math.SYSTEM_PROMPT`]):
             System message; use the one the model was trained with.
     """
 

@@ -19,7 +19,7 @@ Offline demo of the per-level evaluation: a tiny randomly initialised model trai
 ```bash
 OMP_NUM_THREADS=1 python examples/forgetting_heatmap.py --output_dir out/heatmap_demo
 OMP_NUM_THREADS=1 python examples/forgetting_heatmap.py --preset seq_no_replay --steps_per_stage 60
-python -m trl_plrs.transitions out/heatmap_demo/stage_eval/after_stage-{1,5}/predictions.csv
+python -m trl_plrs.math.transitions out/heatmap_demo/stage_eval/after_stage-{1,5}/predictions.csv
 ```
 """
 
@@ -30,8 +30,9 @@ import torch
 from peft import LoraConfig
 
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig
-from trl_plrs.data import make_synthetic_math, math_corpus, split_train_validation, to_prompt_completion
-from trl_plrs.stage_evaluation import load_forgetting_matrix
+from trl_plrs.data import split_train_validation
+from trl_plrs.forgetting import load_forgetting_matrix
+from trl_plrs.math.data import make_synthetic_math, math_corpus, to_prompt_completion
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 

@@ -104,14 +104,8 @@ from transformers.utils import is_torch_bf16_gpu_available  # noqa: E402
 from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
 
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig  # noqa: E402
-from trl_plrs.data import (  # noqa: E402
-    SYSTEM_PROMPT,
-    load_math,
-    make_synthetic_math,
-    math_corpus,
-    split_train_validation,
-    to_prompt_completion,
-)
+from trl_plrs.data import split_train_validation  # noqa: E402
+from trl_plrs.math import SYSTEM_PROMPT, load_math, make_synthetic_math, math_corpus, to_prompt_completion  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -155,7 +149,7 @@ class ScriptArguments:
 
     Args:
         dataset_name (`str`, *optional*):
-            MATH on the Hugging Face Hub, e.g. `"EleutherAI/hendrycks_math"` (see [`~trl_plrs.data.load_math`]).
+            MATH on the Hugging Face Hub, e.g. `"EleutherAI/hendrycks_math"` (see [`~trl_plrs.math.load_math`]).
         dataset_path (`str`, *optional*):
             Local MATH train data (`.jsonl`, `.json`, or a folder of per-problem JSON files); wins over `dataset_name`.
         test_dataset_path (`str`, *optional*):
@@ -178,7 +172,7 @@ class ScriptArguments:
             Prompts per generation batch.
         eval_max_new_tokens (`int`, *optional*, defaults to `512`):
             Generation budget per problem (the paper's value).
-        system_prompt (`str`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+        system_prompt (`str`, *optional*, defaults to [`~trl_plrs.math.SYSTEM_PROMPT`]):
             System message of every prompt, in training and evaluation.
         synthetic_rows_per_level (`int`, *optional*, defaults to `200`):
             Offline demo: synthetic training rows per level.
@@ -188,6 +182,10 @@ class ScriptArguments:
             Offline demo: width of the tiny model.
         tiny_num_hidden_layers (`int`, *optional*, defaults to `2`):
             Offline demo: depth of the tiny model.
+        difficulty_warmup_steps (`int`, *optional*, defaults to `150`):
+            Offline demo with `--curriculum_difficulty base_loss`: steps of full fine-tuning of the random base on the
+            shuffled training rows (all levels mixed) before the rows are scored, so that its loss tells easy rows
+            from hard ones. The warmed-up model is the curriculum's base.
     """
 
     dataset_name: str | None = field(
@@ -213,6 +211,13 @@ class ScriptArguments:
     synthetic_test_rows_per_level: int = field(default=40, metadata={"help": "Offline demo: test rows per level."})
     tiny_hidden_size: int = field(default=128, metadata={"help": "Offline demo: width of the tiny model."})
     tiny_num_hidden_layers: int = field(default=2, metadata={"help": "Offline demo: depth of the tiny model."})
+    difficulty_warmup_steps: int = field(
+        default=150,
+        metadata={
+            "help": "Offline demo with --curriculum_difficulty base_loss: full fine-tuning steps of the random base on "
+            "the shuffled training rows before scoring, so that its loss tells easy rows from hard ones."
+        },
+    )
 
 
 def load_data(script_args: ScriptArguments, training_args: PLRSConfig, offline: bool):
@@ -249,8 +254,8 @@ def load_data(script_args: ScriptArguments, training_args: PLRSConfig, offline: 
 
 
 def evaluate(model, tokenizer, test, script_args, output_dir: str) -> dict:
-    """Exact match on `test`, split across processes (each rank holds the whole model, as with DDP or ZeRO-2)."""
-    from trl_plrs.evaluation import evaluate_math, rescore_predictions
+    """Exact match on `test`, split across processes by `evaluate_math` (each rank holds the whole model)."""
+    from trl_plrs.math.evaluation import evaluate_math
 
     state = PartialState()
     # `evaluate_math` resumes from the predictions CSV it finds; those of an earlier run in the same `output_dir` belong
@@ -258,45 +263,59 @@ def evaluate(model, tokenizer, test, script_args, output_dir: str) -> dict:
     if state.is_main_process and os.path.isdir(output_dir):
         shutil.rmtree(output_dir)
     state.wait_for_everyone()
-    if state.num_processes == 1:
-        return evaluate_math(
-            model,
-            tokenizer,
-            test,
-            batch_size=script_args.eval_batch_size,
-            max_new_tokens=script_args.eval_max_new_tokens,
-            output_dir=output_dir,
-            system_prompt=script_args.system_prompt,
-            show_progress=False,
-        )
-    with state.split_between_processes(list(range(len(test)))) as indices:
-        evaluate_math(
-            model,
-            tokenizer,
-            test.select(indices),
-            batch_size=script_args.eval_batch_size,
-            max_new_tokens=script_args.eval_max_new_tokens,
-            output_dir=os.path.join(output_dir, f"rank-{state.process_index}"),
-            system_prompt=script_args.system_prompt,
-            show_progress=False,
-        )
-    state.wait_for_everyone()
-    summary = None
-    if state.is_main_process:
-        import csv
+    return evaluate_math(
+        model,
+        tokenizer,
+        test,
+        batch_size=script_args.eval_batch_size,
+        max_new_tokens=script_args.eval_max_new_tokens,
+        output_dir=output_dir,
+        system_prompt=script_args.system_prompt,
+        show_progress=False,
+    )
 
-        rows = []
-        for rank in range(state.num_processes):
-            with open(os.path.join(output_dir, f"rank-{rank}", "predictions.csv"), newline="") as file:
-                rows += list(csv.DictReader(file))
-        merged = os.path.join(output_dir, "predictions.csv")
-        with open(merged, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        summary = rescore_predictions(merged)
-    state.wait_for_everyone()
-    return summary
+
+def warm_up(model, tokenizer, train, steps: int, training_args: PLRSConfig):
+    """A short full fine-tuning of the demo's random base on the shuffled rows (all levels), with TRL's `SFTTrainer`."""
+    from trl import SFTConfig, SFTTrainer
+
+    warmup_args = SFTConfig(
+        output_dir=os.path.join(training_args.output_dir, "warmup"),
+        max_steps=steps,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        learning_rate=training_args.learning_rate,
+        max_length=training_args.max_length,
+        bf16=training_args.bf16,
+        use_cpu=training_args.use_cpu,
+        seed=training_args.seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(steps // 3, 1),
+        disable_tqdm=training_args.disable_tqdm,
+    )
+    trainer = SFTTrainer(model, args=warmup_args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    shutil.rmtree(warmup_args.output_dir, ignore_errors=True)
+    return trainer.model
+
+
+def level_agreement(output_dir: str, true_levels: list[int]) -> dict:
+    """How well the levels in `output_dir/difficulty.csv` recover `true_levels` (indexed by the CSV's `row`)."""
+    import csv
+
+    from trl_plrs.difficulty import DIFFICULTY_CSV, spearman_correlation
+
+    with open(os.path.join(output_dir, DIFFICULTY_CSV), newline="") as file:
+        rows = list(csv.DictReader(file))
+    truth = [true_levels[int(row["row"])] for row in rows]
+    scores = [float(row["score"]) for row in rows]
+    levels = [int(row["level"]) for row in rows]
+    return {
+        "rows": len(rows),
+        "spearman_scores": spearman_correlation(scores, truth),
+        "spearman_levels": spearman_correlation(levels, truth),
+        "same_level": sum(level == true for level, true in zip(levels, truth)) / len(rows),
+    }
 
 
 def save_demo_base(model, tokenizer, base_dir: str):
@@ -320,6 +339,7 @@ OUTPUTS = [
     ("README.md", "model card with the stage table"),
     (DEMO_BASE_DIR, "the demo's random base model and tokenizer (the adapters' base_model_name_or_path)"),
     ("stage-1", "each stage's own adapter"),
+    ("difficulty.csv", "computed difficulty of every training row: score and level (with --curriculum_difficulty)"),
     ("forgetting_matrix.csv", "loss and exact match per level after every stage (also .json)"),
     ("forgetting_heatmap.png", "the forgetting matrix as a heatmap"),
     ("stage_eval", "per-level predictions after every stage (after_stage-k/predictions.csv)"),
@@ -407,6 +427,15 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(training_args.seed)
             model.lm_head.weight.normal_(std=script_args.tiny_hidden_size**-0.5)
+        if training_args.curriculum_difficulty is not None:
+            # The variant for data without levels: the synthetic levels are set aside (to measure how well the
+            # computed ones recover them) and the curriculum runs on levels computed from the rows.
+            true_levels = train["level"]
+            train = train.remove_columns("level")
+            if validation is not None:
+                validation = validation.remove_columns("level")
+            if training_args.curriculum_difficulty == "base_loss" and script_args.difficulty_warmup_steps > 0:
+                model = warm_up(model, tokenizer, train, script_args.difficulty_warmup_steps, training_args)
         model = save_demo_base(model, tokenizer, os.path.join(training_args.output_dir, DEMO_BASE_DIR))
         state.print(
             f"Offline demo: tiny Llama ({sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -451,6 +480,14 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
         peft_config=peft_config,
         quantization_config=quantization_config,
     )
+    agreement = None
+    if offline and trainer.difficulty is not None:
+        agreement = level_agreement(training_args.output_dir, true_levels)
+        state.print(
+            f"Computed levels ({trainer.difficulty['method']}) against the synthetic ones: Spearman correlation of the "
+            f"scores {agreement['spearman_scores']:.3f}, of the levels {agreement['spearman_levels']:.3f}; "
+            f"{100 * agreement['same_level']:.1f}% of the rows in their own level."
+        )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_time = time.perf_counter() - start
     state.print(f"Training completed in {train_time:.0f} s.")
@@ -477,6 +514,8 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
         "train_time": train_time,
         "num_processes": state.num_processes,
         "stage_summaries": trainer.stage_summaries,
+        "difficulty": trainer.difficulty,
+        "difficulty_agreement": agreement,
         "before": before,
         "after": after,
     }

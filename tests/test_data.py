@@ -23,16 +23,16 @@ import pytest
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from trl_plrs.data import (
+from trl_plrs.data import split_train_validation
+from trl_plrs.math.data import (
     SYSTEM_PROMPT,
     load_math,
     make_synthetic_math,
     math_corpus,
-    split_train_validation,
     standardize_math,
     to_prompt_completion,
 )
-from trl_plrs.grading import extract_boxed_answer
+from trl_plrs.math.grading import extract_boxed_answer
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 
@@ -63,7 +63,7 @@ class TestLoadMath:
     def test_jsonl_file(self, tmp_path, caplog):
         path = tmp_path / "test.jsonl"
         path.write_text("\n".join(json.dumps(row) for row in RAW_ROWS) + "\n")
-        with caplog.at_level(logging.INFO, logger="trl_plrs.data"):
+        with caplog.at_level(logging.INFO, logger="trl_plrs.math.data"):
             dataset = load_math(str(path))
         assert dataset.column_names == ["problem", "solution", "answer", "level", "type"]
         assert dataset["level"] == [1, 2, 5]

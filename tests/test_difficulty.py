@@ -161,9 +161,7 @@ def test_callable_scores_and_rows_dropped_by_preparation_keep_their_index(tmp_pa
     with open(tmp_path / DIFFICULTY_CSV, newline="") as file:
         csv_rows = list(csv.DictReader(file))
     assert [int(row["row"]) for row in csv_rows] == [i for i in range(30) if i != 4]
-    assert [float(row["score"]) for row in csv_rows] == [
-        len(dataset[int(row["row"])]["prompt"]) for row in csv_rows
-    ]
+    assert [float(row["score"]) for row in csv_rows] == [len(dataset[int(row["row"])]["prompt"]) for row in csv_rows]
     assert trainer.difficulty["method"].endswith("<lambda>")
 
 

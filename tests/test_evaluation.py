@@ -21,8 +21,8 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
-from trl_plrs.data import SYSTEM_PROMPT, make_synthetic_math, math_corpus
-from trl_plrs.evaluation import PREDICTION_COLUMNS, evaluate_math, generate_completions, rescore_predictions
+from trl_plrs.math.data import SYSTEM_PROMPT, make_synthetic_math, math_corpus
+from trl_plrs.math.evaluation import PREDICTION_COLUMNS, evaluate_math, generate_completions, rescore_predictions
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 
@@ -84,7 +84,7 @@ def _scripted_generate(monkeypatch, answers, calls):
         calls.append(list(problems))
         return [answers[problem] for problem in problems]
 
-    monkeypatch.setattr("trl_plrs.evaluation.generate_completions", fake_generate_completions)
+    monkeypatch.setattr("trl_plrs.math.evaluation.generate_completions", fake_generate_completions)
 
 
 def test_csv_summary_and_resume(tmp_path, dataset, monkeypatch):

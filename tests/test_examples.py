@@ -195,7 +195,7 @@ def test_offline_demo_output_reloads_from_its_folder_alone(train_plrs, tmp_path)
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    from trl_plrs.evaluation import evaluate_math
+    from trl_plrs.math.evaluation import evaluate_math
 
     output_dir = tmp_path / "demo"
     results = train_plrs.main(*parse(train_plrs, tiny_demo_argv(output_dir)))

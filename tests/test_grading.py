@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from trl_plrs.grading import (
+from trl_plrs.math.grading import (
     accuracy_report,
     extract_boxed_answer,
     grade_completion,

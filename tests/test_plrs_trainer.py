@@ -621,7 +621,7 @@ def test_resume_with_different_stage_rows_is_refused(tmp_path, tokenizer):
 
 
 def test_raw_math_rows_get_one_error_naming_to_prompt_completion(tmp_path, tokenizer):
-    from trl_plrs.data import make_synthetic_math
+    from trl_plrs.math.data import make_synthetic_math
 
     with pytest.raises(ValueError, match=r"raw MATH columns .* `dataset.map\(to_prompt_completion\)`"):
         CurriculumSFTTrainer(

@@ -25,17 +25,16 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback
 
-import trl_plrs.evaluation
+import trl_plrs.math.evaluation
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.adapters import DEFAULT_ADAPTER
 from trl_plrs.curriculum import Stage
-from trl_plrs.data import make_synthetic_math, math_corpus, split_train_validation, to_prompt_completion
-from trl_plrs.stage_evaluation import (
+from trl_plrs.data import split_train_validation
+from trl_plrs.forgetting import (
     FORGETTING_HEATMAP_PNG,
     FORGETTING_MATRIX_CSV,
     FORGETTING_MATRIX_JSON,
     ForgettingMatrix,
-    StageEvaluationCallback,
     average_final,
     backward_transfer,
     forgetting_per_level,
@@ -44,6 +43,8 @@ from trl_plrs.stage_evaluation import (
     save_forgetting_matrix,
     transfer_summary,
 )
+from trl_plrs.math.data import make_synthetic_math, math_corpus, to_prompt_completion
+from trl_plrs.stage_evaluation import StageEvaluationCallback
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 from .conftest import make_leveled_dataset
@@ -227,7 +228,7 @@ class SeparateEvaluation(CurriculumCallback):
         for level in (1, 2, 3):
             rows = self.validation.filter(lambda row: row["level"] == level)
             losses[level] = self.trainer.evaluate(eval_dataset=rows)["eval_loss"]
-            report = trl_plrs.evaluation.evaluate_math(
+            report = trl_plrs.math.evaluation.evaluate_math(
                 self.trainer.model,
                 self.trainer.processing_class,
                 rows.select(range(self.cap)),
@@ -268,7 +269,7 @@ def test_forgetting_matrix_matches_separate_evaluations_and_never_reads_test(tmp
     # Record every row the trainer trains on or evaluates (loss or generation) during training and selection.
     seen = {"train": set(), "eval": set()}
     get_train_dataloader, get_eval_dataloader = trainer.get_train_dataloader, trainer.get_eval_dataloader
-    evaluate_math = trl_plrs.evaluation.evaluate_math
+    evaluate_math = trl_plrs.math.evaluation.evaluate_math
 
     def recording_train_dataloader(*a, **kw):
         seen["train"] |= set(trainer.train_dataset["unique_id"])
@@ -285,7 +286,7 @@ def test_forgetting_matrix_matches_separate_evaluations_and_never_reads_test(tmp
 
     monkeypatch.setattr(trainer, "get_train_dataloader", recording_train_dataloader)
     monkeypatch.setattr(trainer, "get_eval_dataloader", recording_eval_dataloader)
-    monkeypatch.setattr(trl_plrs.evaluation, "evaluate_math", recording_evaluate_math)
+    monkeypatch.setattr(trl_plrs.math.evaluation, "evaluate_math", recording_evaluate_math)
     trainer.train()
 
     test_ids = set(math_splits["test"]["unique_id"])

@@ -16,8 +16,8 @@ import csv
 
 import pytest
 
-from trl_plrs.evaluation import PREDICTION_COLUMNS
-from trl_plrs.transitions import answer_transitions, main, transitions_to_markdown
+from trl_plrs.math.evaluation import PREDICTION_COLUMNS
+from trl_plrs.math.transitions import answer_transitions, main, transitions_to_markdown
 
 
 def write_predictions(path, correct: dict[str, bool], symbolic: dict[str, bool] | None = None):

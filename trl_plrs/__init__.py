@@ -15,21 +15,37 @@
 
 __version__ = "0.1.0.dev0"
 
+import importlib
+
 from .callbacks import CurriculumCallback, PLRSCallback
 from .curriculum import PRESETS, Stage, build_stages, parse_level
-from .data import (
-    SYSTEM_PROMPT,
-    load_math,
-    make_synthetic_math,
-    math_corpus,
-    split_train_validation,
-    to_prompt_completion,
-)
-from .evaluation import evaluate_math, rescore_predictions
-from .grading import accuracy_report, extract_boxed_answer, is_equiv, normalize_answer
+from .data import split_train_validation
 from .plrs_config import PLRSConfig
 from .plrs_trainer import CurriculumSFTTrainer, CurriculumState
 from .replay import stage_row_indices
+
+
+# MATH helpers, from `trl_plrs.math`, imported on first use so that `import trl_plrs` needs neither math-verify nor the
+# MATH code (`from trl_plrs import load_math` keeps working).
+_MATH_EXPORTS = (
+    "SYSTEM_PROMPT",
+    "accuracy_report",
+    "evaluate_math",
+    "extract_boxed_answer",
+    "is_equiv",
+    "load_math",
+    "make_synthetic_math",
+    "math_corpus",
+    "normalize_answer",
+    "rescore_predictions",
+    "to_prompt_completion",
+)
+
+
+def __getattr__(name: str):
+    if name in _MATH_EXPORTS:
+        return getattr(importlib.import_module(".math", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

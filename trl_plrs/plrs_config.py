@@ -95,7 +95,7 @@ class PLRSConfig(SFTConfig):
             when the `eval_dataset` has the `curriculum_column`. `True`: required (an error if the column is missing).
         stage_eval_generate (`bool`, *optional*, defaults to `False`):
             Whether to also generate answers after every stage and report the exact match per level (greedy, graded
-            as in [`~trl_plrs.evaluation.evaluate_math`]). The `eval_dataset` needs `problem` and `answer` (or
+            as in [`~trl_plrs.math.evaluation.evaluate_math`]). The `eval_dataset` needs `problem` and `answer` (or
             `solution`) columns.
         stage_eval_max_problems_per_level (`int`, *optional*, defaults to `100`):
             Problems generated per level for the exact match (the first ones of each level, the same at every stage).

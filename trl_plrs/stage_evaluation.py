@@ -12,44 +12,28 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Retention during the curriculum: evaluation per level after every stage, the forgetting matrix and the transfer
-metrics derived from it.
-
-The forgetting matrix `R` has one row per evaluation point (optionally "before training", then "after stage k") and
-one column per level `j`; `R[k, j]` is the eval loss or the exact match on level `j` after stage `k`. With `K` the
-last stage evaluated and `s(j)` the stage that first trains level `j`:
-
-- average final: `mean_j R[K, j]`;
-- backward transfer: `BWT = mean_{j: s(j) < K} (R[K, j] - R[s(j), j])` (negative: earlier levels were forgotten);
-- forgetting of level `j`: `F_j = max_{k < K} R[k, j] - R[K, j]` for `s(j) < K` (positive: forgotten);
-- forward transfer: `FWT = mean_{j: s(j) > 0} (R[s(j) - 1, j] - R[before, j])` (needs the "before training" row).
-
-For a loss (lower is better) every difference is negated, so that positive still means "better" for transfer and
-"worse" for forgetting.
-
->>> from trl_plrs.stage_evaluation import backward_transfer
->>> backward_transfer([[0.8, 0.1], [0.6, 0.9]], trained_at=[0, 1])
--0.2
+Retention during the curriculum: the [`StageEvaluationCallback`] evaluates every level after every stage (loss, and
+exact match on MATH-like rows), keeps the forgetting matrix (`trl_plrs.forgetting`) and restricts model selection and
+early stopping to the levels seen so far.
 """
 
-import csv
 import glob
-import logging
-import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers.trainer_callback import EarlyStoppingCallback
 
 from .callbacks import CurriculumCallback
-from .checkpointing import atomic_path, read_json, write_json_atomic
 from .curriculum import Stage, dataset_levels, parse_level
-from .data import SYSTEM_PROMPT
+from .forgetting import (
+    FORGETTING_MATRIX_JSON,
+    ForgettingMatrix,
+    load_forgetting_matrix,
+    save_forgetting_matrix,
+)
 from .trainer_internals import close_prediction_bars, pop_accumulated_metrics, reset_early_stopping
 
 
@@ -58,292 +42,8 @@ if TYPE_CHECKING:
 
 
 logger = get_logger(__name__)
-# For the functions usable outside a trainer, where accelerate's logger would need an initialized state.
-plain_logger = logging.getLogger(__name__)
 
-FORGETTING_MATRIX_JSON = "forgetting_matrix.json"
-FORGETTING_MATRIX_CSV = "forgetting_matrix.csv"
-FORGETTING_HEATMAP_PNG = "forgetting_heatmap.png"
 STAGE_EVAL_DIR = "stage_eval"
-BEFORE_TRAINING = "before"
-# Metrics of the matrix, and whether higher values are better.
-MATRIX_METRICS = {"loss": False, "exact_match": True}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Derived metrics: pure functions over a matrix given as a list of rows (one per finished stage, in order, indexed
-# from 0), one value per level
-
-
-def _sign(higher_is_better: bool) -> int:
-    return 1 if higher_is_better else -1
-
-
-def _mean(values: list[float]) -> float | None:
-    values = [value for value in values if value is not None]
-    return sum(values) / len(values) if values else None
-
-
-def average_final(matrix: Sequence[Sequence[float | None]]) -> float | None:
-    """Mean over levels of the last row: the average final accuracy (or loss). `None` for an empty matrix."""
-    return _mean(list(matrix[-1])) if matrix else None
-
-
-def backward_transfer(
-    matrix: Sequence[Sequence[float | None]], trained_at: Sequence[int | None], higher_is_better: bool = True
-) -> float | None:
-    """
-    `BWT = mean_{j: s(j) < K} (R[K, j] - R[s(j), j])`, with `K` the last row and `s(j) = trained_at[j]` the row of the
-    stage that first trained level `j` (`None`: never trained, left out). Negative means forgetting. For a loss
-    (`higher_is_better=False`) the difference is negated. `None` when no level was trained before the last stage.
-    """
-    last = len(matrix) - 1
-    differences = [
-        _sign(higher_is_better) * (matrix[last][j] - matrix[stage][j])
-        for j, stage in enumerate(trained_at)
-        if stage is not None and stage < last and matrix[last][j] is not None and matrix[stage][j] is not None
-    ]
-    return _mean(differences)
-
-
-def forgetting_per_level(
-    matrix: Sequence[Sequence[float | None]], trained_at: Sequence[int | None], higher_is_better: bool = True
-) -> list[float | None]:
-    """
-    `F_j = max_{k < K} R[k, j] - R[K, j]` for each level trained before the last row `K` (`None` for the others).
-    Positive means forgotten. For a loss (`higher_is_better=False`) it is `R[K, j] - min_{k < K} R[k, j]`.
-    """
-    last = len(matrix) - 1
-    sign = _sign(higher_is_better)
-    forgetting = []
-    for j, stage in enumerate(trained_at):
-        earlier = [sign * matrix[k][j] for k in range(last) if matrix[k][j] is not None]
-        if stage is None or stage >= last or not earlier or matrix[last][j] is None:
-            forgetting.append(None)
-        else:
-            forgetting.append(max(earlier) - sign * matrix[last][j])
-    return forgetting
-
-
-def forward_transfer(
-    matrix: Sequence[Sequence[float | None]],
-    trained_at: Sequence[int | None],
-    before: Sequence[float | None] | None,
-    higher_is_better: bool = True,
-) -> float | None:
-    """
-    `FWT = mean_{j: 0 < s(j) <= K} (R[s(j) - 1, j] - before[j])`: how much training the earlier stages helped a level
-    before its own stage, relative to the model before any training. `None` without a `before` row.
-    """
-    if before is None:
-        return None
-    differences = [
-        _sign(higher_is_better) * (matrix[stage - 1][j] - before[j])
-        for j, stage in enumerate(trained_at)
-        if stage is not None and 0 < stage < len(matrix) and matrix[stage - 1][j] is not None and before[j] is not None
-    ]
-    return _mean(differences)
-
-
-def transfer_summary(
-    matrix: Sequence[Sequence[float | None]],
-    trained_at: Sequence[int | None],
-    before: Sequence[float | None] | None = None,
-    higher_is_better: bool = True,
-) -> dict[str, Any]:
-    """Every derived metric of one matrix: `average_final`, `backward_transfer`, `forward_transfer`, `forgetting`."""
-    if not matrix:
-        return {"average_final": None, "backward_transfer": None, "forward_transfer": None, "forgetting": []}
-    return {
-        "average_final": average_final(matrix),
-        "backward_transfer": backward_transfer(matrix, trained_at, higher_is_better),
-        "forward_transfer": forward_transfer(matrix, trained_at, before, higher_is_better),
-        "forgetting": forgetting_per_level(matrix, trained_at, higher_is_better),
-    }
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The matrix, its files and its heatmap
-
-
-@dataclass
-class ForgettingMatrix:
-    """
-    Per-level metrics after every stage.
-
-    Args:
-        levels (`list[int]`): Columns: the levels of the evaluation data, ascending.
-        stage_levels (`list[list[int]]`): Levels trained at each stage of the curriculum.
-        before (`dict[str, list]`): Metric -> value per level before training (empty if not evaluated).
-        after_stage (`dict[int, dict[str, list]]`): Stage number (from 1) -> metric -> value per level, for the
-            finished stages.
-    """
-
-    levels: list[int]
-    stage_levels: list[list[int]]
-    before: dict[str, list[float | None]] = field(default_factory=dict)
-    after_stage: dict[int, dict[str, list[float | None]]] = field(default_factory=dict)
-
-    @property
-    def trained_at(self) -> list[int | None]:
-        """For each level, the number (from 1) of the first stage that trains it (`None` if no stage does)."""
-        first = {}
-        for index, levels in enumerate(self.stage_levels, start=1):
-            for level in levels:
-                first.setdefault(level, index)
-        return [first.get(level) for level in self.levels]
-
-    def metrics(self) -> list[str]:
-        names = {name for row in [self.before, *self.after_stage.values()] for name in row}
-        return [name for name in MATRIX_METRICS if name in names]
-
-    def rows(self, metric: str) -> list[list[float | None]]:
-        """The matrix of `metric`: one row per finished stage (1, 2, ...), one column per level."""
-        return [self.after_stage[stage].get(metric, [None] * len(self.levels)) for stage in sorted(self.after_stage)]
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        """[`transfer_summary`] of each metric, over the finished stages."""
-        summary = {}
-        # The pure functions index rows from 0; stage k is row k - 1.
-        trained_at_row = [None if stage is None else stage - 1 for stage in self.trained_at]
-        for metric in self.metrics():
-            rows = self.rows(metric)
-            summary[metric] = transfer_summary(
-                rows, trained_at_row, self.before.get(metric), higher_is_better=MATRIX_METRICS[metric]
-            )
-        return summary
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "levels": self.levels,
-            "stage_levels": self.stage_levels,
-            "trained_at": self.trained_at,
-            "before": self.before,
-            "after_stage": {str(stage): self.after_stage[stage] for stage in sorted(self.after_stage)},
-            "summary": self.summary(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ForgettingMatrix":
-        return cls(
-            levels=list(data["levels"]),
-            stage_levels=[list(levels) for levels in data["stage_levels"]],
-            before=dict(data.get("before", {})),
-            after_stage={int(stage): row for stage, row in data.get("after_stage", {}).items()},
-        )
-
-    def csv_rows(self) -> list[dict[str, Any]]:
-        """Wide rows: `metric, after` (`before` or the stage number), then one `level_<j>` column per level."""
-        rows = []
-        for metric in self.metrics():
-            points = ([(BEFORE_TRAINING, self.before[metric])] if metric in self.before else []) + [
-                (str(stage), self.after_stage[stage][metric])
-                for stage in sorted(self.after_stage)
-                if metric in self.after_stage[stage]
-            ]
-            for after, values in points:
-                rows.append(
-                    {"metric": metric, "after": after, **{f"level_{j}": v for j, v in zip(self.levels, values)}}
-                )
-        return rows
-
-
-def save_forgetting_matrix(matrix: ForgettingMatrix, output_dir: str) -> dict[str, str]:
-    """
-    Write `forgetting_matrix.json` (values, derived metrics) and `forgetting_matrix.csv` to `output_dir`, each
-    atomically, and the heatmap `forgetting_heatmap.png` if matplotlib is installed. Returns the paths written.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {
-        "json": os.path.join(output_dir, FORGETTING_MATRIX_JSON),
-        "csv": os.path.join(output_dir, FORGETTING_MATRIX_CSV),
-    }
-    write_json_atomic(paths["json"], matrix.to_dict())
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=["metric", "after", *[f"level_{j}" for j in matrix.levels]])
-        writer.writeheader()
-        writer.writerows(matrix.csv_rows())
-    png = plot_forgetting_heatmap(matrix, os.path.join(output_dir, FORGETTING_HEATMAP_PNG))
-    if png is not None:
-        paths["png"] = png
-    return paths
-
-
-def load_forgetting_matrix(path: str) -> ForgettingMatrix:
-    """Read a `forgetting_matrix.json` written by [`save_forgetting_matrix`] (a file or its folder)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, FORGETTING_MATRIX_JSON)
-    return ForgettingMatrix.from_dict(read_json(path))
-
-
-def plot_forgetting_heatmap(matrix: ForgettingMatrix, path: str, title: str | None = None) -> str | None:
-    """
-    Draw the matrix as a heatmap PNG, one panel per metric (rows: before training, after stage k; columns: levels;
-    the level trained at a stage is outlined). Needs matplotlib (`pip install trl_plrs[plot]`); without it, logs
-    that the plot is skipped and returns `None`.
-    """
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
-    except ImportError:
-        plain_logger.info(
-            "matplotlib is not installed: skipping the forgetting heatmap (`pip install trl_plrs[plot]`)."
-        )
-        return None
-    metrics = matrix.metrics()
-    if not metrics:
-        return None
-    labels = ([("before training", BEFORE_TRAINING)] if matrix.before else []) + [
-        (f"after stage {stage} (L{','.join(map(str, matrix.stage_levels[stage - 1]))})", stage)
-        for stage in sorted(matrix.after_stage)
-    ]
-    figure = Figure(figsize=(1.1 * len(matrix.levels) * len(metrics) + 2.8 * len(metrics), 0.55 * len(labels) + 1.6))
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for axis, metric in zip(axes, metrics):
-        nan = [math.nan] * len(matrix.levels)
-        values = [
-            [
-                math.nan if v is None else v
-                for v in (matrix.before if key == BEFORE_TRAINING else matrix.after_stage[key]).get(metric, nan)
-            ]
-            for _, key in labels
-        ]
-        higher_is_better = MATRIX_METRICS[metric]
-        if higher_is_better:  # accuracies are shown in %
-            values = [[100 * value for value in row] for row in values]
-        finite = [v for row in values for v in row if not math.isnan(v)]
-        vmin, vmax = (0.0, 100.0) if higher_is_better else (min(finite, default=0.0), max(finite, default=1.0))
-        image = axis.imshow(
-            values, cmap="viridis" if higher_is_better else "viridis_r", vmin=vmin, vmax=vmax, aspect="auto"
-        )
-        for i, row in enumerate(values):
-            for j, value in enumerate(row):
-                if not math.isnan(value):
-                    text = f"{value:.0f}" if higher_is_better else f"{value:.2f}"
-                    shade = (value - vmin) / (vmax - vmin) if vmax > vmin else 0.5
-                    dark = shade < 0.5 if higher_is_better else shade > 0.5
-                    axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-        trained_at = matrix.trained_at
-        for i, (_, key) in enumerate(labels):
-            for j, stage in enumerate(trained_at):
-                if key != BEFORE_TRAINING and stage == key:
-                    axis.add_patch(_outline(j, i))
-        axis.set_xticks(range(len(matrix.levels)), [f"L{j}" for j in matrix.levels])
-        axis.set_yticks(range(len(labels)), [label for label, _ in labels] if axis is axes[0] else [""] * len(labels))
-        axis.set_xlabel("evaluated level")
-        axis.set_title("exact match (%)" if metric == "exact_match" else "eval loss (lower is better)", fontsize=10)
-        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    if title:
-        figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
-    return path
-
-
-def _outline(column: int, row: int):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -356,6 +56,8 @@ def _system_prompt_of(dataset: Dataset) -> str | None:
         prompt = dataset[0]["prompt"]
         if isinstance(prompt, list):
             return prompt[0]["content"] if prompt and prompt[0].get("role") == "system" else None
+    from .math.data import SYSTEM_PROMPT  # the MATH code is loaded only for the exact match
+
     return SYSTEM_PROMPT
 
 
@@ -373,7 +75,7 @@ class StageEvaluationCallback(CurriculumCallback):
       level and, with `stage_eval_generate`, the exact match on up to `stage_eval_max_problems_per_level` problems per
       level are logged and form the stage's row of the matrix, saved to `output_dir` as `forgetting_matrix.json`,
       `forgetting_matrix.csv` and `forgetting_heatmap.png`; the predictions are kept in
-      `output_dir/stage_eval/after_stage-<k>/predictions.csv` (inputs of [`~trl_plrs.transitions.answer_transitions`]).
+      `output_dir/stage_eval/after_stage-<k>/predictions.csv` (inputs of [`~trl_plrs.math.transitions.answer_transitions`]).
     - With `stage_eval_before_training`, the same evaluation runs before stage 1, for forward transfer.
     """
 
@@ -498,7 +200,7 @@ class StageEvaluationCallback(CurriculumCallback):
         return {"loss": output.metrics["eval_loss"], **pop_accumulated_metrics(trainer, "eval")}
 
     def _exact_match(self, predictions_dir: str | None, label: str) -> dict[int, dict[str, float]]:
-        from .evaluation import PART_FILENAME_PATTERN, PREDICTIONS_FILENAME, evaluate_math
+        from .math.evaluation import PART_FILENAME_PATTERN, PREDICTIONS_FILENAME, evaluate_math
 
         trainer, args = self.trainer, self.trainer.args
         cap = args.stage_eval_max_problems_per_level

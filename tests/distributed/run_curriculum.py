@@ -46,7 +46,7 @@ from trl_plrs import (
     plrs_trainer,  # its `base_loss_scores` is wrapped to count the rows each process scores
 )
 from trl_plrs.adapters import DEFAULT_ADAPTER, gathered_parameters, lora_layers, trainable_adapter_names
-from trl_plrs.data import make_synthetic_math, to_prompt_completion
+from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
 
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -25,8 +25,8 @@ import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import trl_plrs.evaluation as evaluation
-from trl_plrs.data import make_synthetic_math
+import trl_plrs.math.evaluation as evaluation
+from trl_plrs.math.data import make_synthetic_math
 
 
 def main():

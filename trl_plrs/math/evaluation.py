@@ -15,7 +15,7 @@
 Exact-match evaluation on MATH: batched greedy generation, a predictions CSV written as batches finish (an interrupted
 run resumes), and a summary per level and subject in JSON and markdown.
 
->>> from trl_plrs.evaluation import evaluate_math, rescore_predictions
+>>> from trl_plrs.math import evaluate_math, rescore_predictions
 >>> summary = evaluate_math(model, tokenizer, test_dataset, batch_size=32, output_dir="eval/run1")
 >>> summary = rescore_predictions("eval/run1/predictions.csv")  # re-grade without a model
 """
@@ -36,7 +36,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .checkpointing import atomic_path
+from ..checkpointing import atomic_path
 from .data import SYSTEM_PROMPT, build_prompt_messages
 from .grading import GRADING_MODES, accuracy_report, extract_boxed_answer, grade_completion, report_to_markdown
 
@@ -117,7 +117,7 @@ def generate_completions(
             Problem statements; one batch.
         max_new_tokens (`int`, *optional*, defaults to `512`):
             Generation budget per completion.
-        system_prompt (`str` or `None`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+        system_prompt (`str` or `None`, *optional*, defaults to [`~trl_plrs.math.SYSTEM_PROMPT`]):
             System message, as used in training.
     """
     with _generation_ready(model, tokenizer):
@@ -210,14 +210,14 @@ def evaluate_math(
             Tokenizer with a chat template; its padding side is set to left during generation and restored.
         dataset ([`~datasets.Dataset`]):
             Rows with `problem`, `answer` (or `solution`), `level` and `type`; `unique_id` if present (else the row
-            index is used), e.g. from [`~trl_plrs.data.load_math`].
+            index is used), e.g. from [`~trl_plrs.math.load_math`].
         batch_size (`int`, *optional*, defaults to `32`):
             Prompts per generation batch.
         max_new_tokens (`int`, *optional*, defaults to `512`):
             Generation budget per completion (the paper's value).
         output_dir (`str`, *optional*):
             Folder of the predictions CSV and the summary. Without it nothing is written and nothing resumes.
-        system_prompt (`str` or `None`, *optional*, defaults to [`~trl_plrs.data.SYSTEM_PROMPT`]):
+        system_prompt (`str` or `None`, *optional*, defaults to [`~trl_plrs.math.SYSTEM_PROMPT`]):
             System message; use the one the model was trained with.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over batches.
@@ -229,7 +229,7 @@ def evaluate_math(
             process.
 
     Returns:
-        `dict`: The [`~trl_plrs.grading.accuracy_report`] of all rows of `dataset`, plus `num_generated` (rows generated
+        `dict`: The [`~trl_plrs.math.grading.accuracy_report`] of all rows of `dataset`, plus `num_generated` (rows generated
         in this call) and `num_resumed` (rows read back from the CSV).
     """
     if batch_size < 1:
@@ -357,7 +357,7 @@ def rescore_predictions(csv_path: str, output_dir: str | None = None) -> dict:
             `csv_path` (the CSV is then rewritten in place, atomically).
 
     Returns:
-        `dict`: The [`~trl_plrs.grading.accuracy_report`] of the re-graded rows.
+        `dict`: The [`~trl_plrs.math.grading.accuracy_report`] of the re-graded rows.
     """
     if not os.path.isfile(csv_path):
         raise ValueError(f"`csv_path` must be an existing predictions CSV, but {csv_path!r} does not exist.")

@@ -26,7 +26,7 @@ Between consecutive CSVs A -> B, a problem (matched by `unique_id`) is:
 With only two CSVs nothing comes before A, so every wrong -> correct problem counts as newly solved.
 
 ```bash
-python -m trl_plrs.transitions out/stage_eval/after_stage-1/predictions.csv out/stage_eval/after_stage-5/predictions.csv
+python -m trl_plrs.math.transitions out/stage_eval/after_stage-1/predictions.csv out/stage_eval/after_stage-5/predictions.csv
 ```
 """
 
@@ -35,7 +35,7 @@ import csv
 import os
 from collections.abc import Sequence
 
-from .curriculum import parse_level
+from ..curriculum import parse_level
 from .grading import GRADING_MODES
 
 
@@ -71,7 +71,7 @@ def answer_transitions(predictions_csvs: Sequence[str], mode: str = "strict") ->
 
     Args:
         predictions_csvs (`Sequence[str]`):
-            Two or more predictions CSVs written by [`~trl_plrs.evaluation.evaluate_math`] (e.g. the
+            Two or more predictions CSVs written by [`~trl_plrs.math.evaluation.evaluate_math`] (e.g. the
             `output_dir/stage_eval/after_stage-<k>/predictions.csv` of one run), in order.
         mode (`str`, *optional*, defaults to `"strict"`):
             Grading mode whose `correct_<mode>` column is compared: `"strict"` (the paper's metric) or `"symbolic"`.

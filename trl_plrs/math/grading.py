@@ -37,8 +37,6 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Literal
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
 
 GRADING_MODES = ("strict", "symbolic")
 # Seconds math-verify may spend on one parse or comparison. Its timeout uses `signal.alarm`, which only works in the
@@ -211,12 +209,28 @@ def _math_verify_timeout() -> int | None:
     return MATH_VERIFY_TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
 
 
+def _math_verify():
+    """math-verify, imported when symbolic grading first needs it (strict grading does not)."""
+    try:
+        import math_verify
+    except ImportError as error:
+        raise ImportError(
+            "Symbolic grading (`mode='symbolic'`, and `evaluate_math`'s `correct_symbolic`) needs math-verify: "
+            "`pip install trl_plrs[math]` (or `pip install math-verify`)."
+        ) from error
+    return math_verify
+
+
 @functools.lru_cache(maxsize=65536)
 def _parse_answer(answer: str, timeout_seconds: int | None) -> tuple:
     # The answer is already extracted: box it again so that math-verify reads the whole of it as one LaTeX answer.
-    parsed = parse(
+    math_verify = _math_verify()
+    parsed = math_verify.parse(
         f"\\boxed{{{answer}}}",
-        extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
+        extraction_config=[
+            math_verify.LatexExtractionConfig(boxed_match_priority=0),
+            math_verify.ExprExtractionConfig(),
+        ],
         parsing_timeout=timeout_seconds,
     )
     return tuple(parsed)
@@ -240,7 +254,7 @@ def _symbolic_equal(pred: str, gold: str) -> bool:
     pred_parsed = _parse_answer(_fix_fracs(_FRAC_SPACE.sub(r"\\frac", pred)), timeout_seconds)
     if not gold_parsed or not pred_parsed:
         return False
-    return verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout_seconds)
+    return _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout_seconds)
 
 
 def is_equiv(pred: str | None, gold: str | None, mode: Literal["strict", "symbolic"] = "symbolic") -> bool:
