@@ -117,3 +117,12 @@ def test_difficulty_benchmark_smoke_on_synthetic_rows(benchmarks_on_path, tmp_pa
     assert results["rows"] == 40 and results["steps"] == 5  # one epoch of 40 rows in batches of 8
     assert results["ratio"]["n"] == 1 and results["ratio"]["median"] > 0
     assert "Scoring / one epoch" in (tmp_path / "difficulty.md").read_text()
+
+
+def test_grading_benchmark_scores_the_suite(benchmarks_on_path, tmp_path):
+    import bench_grading
+
+    results = bench_grading.main(["--math_test_path", str(tmp_path / "absent.jsonl"), "--output_dir", str(tmp_path)])
+    assert results["pairs"] >= 300 and results["timing"] is None
+    assert results["overall"]["symbolic"] == 1.0 > results["overall"]["math_verify"] > results["overall"]["strict"]
+    assert "plain math-verify" in (tmp_path / "grading.md").read_text()

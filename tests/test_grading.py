@@ -12,7 +12,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+import csv
+import os
 import threading
+from collections import Counter
 
 import pytest
 
@@ -151,7 +154,7 @@ class TestIsEquiv:
             ("(0, 1] \\cup (2, 3)", "(2,3) \\cup (0,1]"),
             ("x^2 + 1", "1 + x^2"),
             ("2", "2.0"),
-            ("\\frac{1}{3}", "0.333333"),
+            ("0.\\overline{3}", "\\frac{1}{3}"),
             ("0.03", "3\\%"),
         ],
     )
@@ -172,6 +175,9 @@ class TestIsEquiv:
             ("-3", "3"),
             ("[0, 1)", "(0, 1]"),
             ("\\frac{1}{3}", "0.33"),
+            # a rounded decimal is not the fraction: exact rationals are compared exactly (math-verify rounds to 6
+            # decimals and accepts it)
+            ("0.333333", "\\frac{1}{3}"),
             ("x^2", "x^3"),
             ("12", "21"),
             # found by the benchmark's wrong-digit perturbations of MATH answers
@@ -247,3 +253,44 @@ def test_accuracy_report_counts_per_level_and_subject():
     markdown = report_to_markdown(report)
     assert "| **overall** | 4 | 50.00 (2) | 75.00 (3) |" in markdown
     assert "| Level 10 | 1 |" in markdown and "| Geometry | 1 |" in markdown
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The labelled answer-equivalence suite (tests/data/answer_equivalence.csv; accuracies in benchmarks/results/grading.md)
+
+SUITE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "answer_equivalence.csv")
+
+
+def load_suite() -> list[dict]:
+    with open(SUITE_PATH, newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def test_suite_is_large_labelled_both_ways_and_covers_the_known_misses():
+    rows = load_suite()
+    labels = Counter(row["equal"] for row in rows)
+    assert len(rows) >= 300 and labels["1"] >= 100 and labels["0"] >= 100
+    kinds = {row["kind"] for row in rows}
+    assert {"number_words", "ordinal", "repeating_decimal", "thousands", "complex", "equation_rhs"} <= kinds
+    assert len({(row["pred"], row["gold"]) for row in rows}) == len(rows)  # no pair twice
+
+
+@pytest.mark.parametrize("kind", sorted({row["kind"] for row in load_suite()}))
+def test_symbolic_mode_grades_every_pair_of_the_suite_as_labelled(kind):
+    wrong = [
+        (row["pred"], row["gold"], row["equal"])
+        for row in load_suite()
+        if row["kind"] == kind and is_equiv(row["pred"], row["gold"], mode="symbolic") != (row["equal"] == "1")
+    ]
+    assert wrong == []
+
+
+def test_strict_mode_never_accepts_a_pair_labelled_unequal_except_the_short_left_hand_side_rule():
+    # Strict is the paper's metric: it misses equal answers written differently, by design; its only false positives
+    # come from Hendrycks' rule that drops any left-hand side of at most two characters (`2x=7` -> `7`).
+    false_positives = [
+        (row["pred"], row["gold"])
+        for row in load_suite()
+        if row["equal"] == "0" and is_equiv(row["pred"], row["gold"], mode="strict")
+    ]
+    assert false_positives == [("2x=7", "7")]

@@ -23,7 +23,7 @@ equality modes.
 Unreduced fractions: `\\frac{2}{4}` and `\\frac{1}{2}` are NOT equal in strict mode (the original grader compares
 strings, and MATH's reference answers are reduced) and ARE equal in symbolic mode (same number).
 
->>> from trl_plrs.grading import extract_boxed_answer, is_equiv
+>>> from trl_plrs.math.grading import extract_boxed_answer, is_equiv
 >>> extract_boxed_answer("So $x = \\boxed{\\frac{1}{2}}$.")
 '\\\\frac{1}{2}'
 >>> is_equiv("0.5", "\\frac{1}{2}", mode="strict"), is_equiv("5", "500", mode="symbolic")
@@ -34,8 +34,9 @@ import functools
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from typing import Literal
+
+from .answer_forms import canonical_answer, exact_rational, split_equation, value_side
 
 
 GRADING_MODES = ("strict", "symbolic")
@@ -96,7 +97,6 @@ def extract_boxed_answer(text: str | None) -> str | None:
 _SQRT_SINGLE = re.compile(r"\\sqrt(?!\{)(\s*)([^\s\\{])")
 _UNIT_EXPONENT = re.compile(r"^\s*\^\s*\{?\s*\d\s*\}?")
 _TEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
-_PLAIN_DECIMAL = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
 _BASE_SUBSCRIPT = re.compile(r"_\{?(\d+)\}?$")
 _FRAC_SPACE = re.compile(r"\\[dt]?frac\s+")
 
@@ -237,16 +237,27 @@ def _parse_answer(answer: str, timeout_seconds: int | None) -> tuple:
 
 
 def _symbolic_equal(pred: str, gold: str) -> bool:
+    # Forms math-verify misreads (numbers in words, ordinals, repeating decimals, thousands separators, decimals of a
+    # complex number) are rewritten first; an equation stands for a value only with a named left-hand side.
+    pred, gold = canonical_answer(pred), canonical_answer(gold)
+    if (split_equation(pred) is None) != (split_equation(gold) is None):
+        pred, gold = value_side(pred), value_side(gold)
+        if pred is None or gold is None:
+            return False
     pred_normalized, gold_normalized = normalize_answer(pred), normalize_answer(gold)
-    # Two plain decimals are compared exactly: math-verify rounds floats to 6 decimals, so it would accept
-    # `0.0000673` for `0.0000672`.
-    # (Percent signs are gone after normalisation, so answers with one, `3\\%` = `0.03`, are left to math-verify.)
-    plain = _PLAIN_DECIMAL.match(pred_normalized) and _PLAIN_DECIMAL.match(gold_normalized)
-    if plain and "%" not in pred + gold:
-        return Decimal(pred_normalized) == Decimal(gold_normalized)
-    # math-verify drops a base subscript (`1202_3` parses as 1202): different bases are different answers.
+    if not pred_normalized or not gold_normalized:
+        return False
+    if pred_normalized == gold_normalized:
+        return True
+    # Two exact rationals (integers, plain decimals, integer fractions) are compared exactly: math-verify rounds floats
+    # to 6 decimals, so it would accept `0.0000673` for `0.0000672`, or `0.142857` for `\frac{1}{7}`.
+    # (Percent signs are gone after normalisation, so answers with one, `3\%` = `0.03`, are left to math-verify.)
+    pred_value, gold_value = exact_rational(pred_normalized), exact_rational(gold_normalized)
+    if pred_value is not None and gold_value is not None and "%" not in pred + gold:
+        return pred_value == gold_value
+    # math-verify drops a base subscript (`1202_3` parses as 1202): an answer in another base, or in none, differs.
     pred_base, gold_base = _BASE_SUBSCRIPT.search(pred_normalized), _BASE_SUBSCRIPT.search(gold_normalized)
-    if pred_base and gold_base and pred_base.group(1) != gold_base.group(1):
+    if (pred_base is None) != (gold_base is None) or (pred_base and pred_base.group(1) != gold_base.group(1)):
         return False
     timeout_seconds = _math_verify_timeout()
     # Brace-less fractions with a command argument (`\frac \pi4`) are misread by math-verify; brace them first.
@@ -254,7 +265,26 @@ def _symbolic_equal(pred: str, gold: str) -> bool:
     pred_parsed = _parse_answer(_fix_fracs(_FRAC_SPACE.sub(r"\\frac", pred)), timeout_seconds)
     if not gold_parsed or not pred_parsed:
         return False
-    return _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout_seconds)
+    if _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout_seconds):
+        return True
+    return _equal_complex_numbers(gold_parsed[0], pred_parsed[0])
+
+
+def _equal_complex_numbers(gold, pred) -> bool:
+    """Two constant expressions with the imaginary unit, equal once simplified (math-verify rejects `\\frac{1-3i}{4}`
+    for `\\frac{1}{4}-\\frac{3}{4}i`: it compares complex numbers numerically and fails)."""
+    import sympy
+
+    if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+        return False
+    # A parsed `i` may be a plain symbol: it is the imaginary unit here.
+    gold, pred = (expr.xreplace({s: sympy.I for s in expr.free_symbols if s.name == "i"}) for expr in (gold, pred))
+    if gold.free_symbols or pred.free_symbols or not (gold.has(sympy.I) and pred.has(sympy.I)):
+        return False
+    try:
+        return sympy.simplify(gold - pred) == 0
+    except (TypeError, ValueError, ArithmeticError):
+        return False
 
 
 def is_equiv(pred: str | None, gold: str | None, mode: Literal["strict", "symbolic"] = "symbolic") -> bool:
@@ -284,10 +314,10 @@ def is_equiv(pred: str | None, gold: str | None, mode: Literal["strict", "symbol
     pred_normalized, gold_normalized = normalize_answer(pred), normalize_answer(gold)
     if not pred_normalized or not gold_normalized:
         return False
-    if pred_normalized == gold_normalized:
-        return True
     if mode == "strict":
-        return False
+        return pred_normalized == gold_normalized
+    # Not a superset of strict: strict drops any short left-hand side (`2x = 7` is `7`); symbolic keeps only a named
+    # one (`x = 7`, `f(x) = 7`).
     return _symbolic_equal(pred, gold)
 
 
