@@ -28,6 +28,12 @@ python examples/evaluate_math.py \
     --output_dir eval/plrs-llama-1b
 ```
 
+# The same with vLLM (`pip install trl_plrs[vllm]`): the adapter is served with a LoRARequest
+```bash
+python examples/evaluate_math.py --backend vllm --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \
+    --adapter_path outputs/plrs-llama-1b --dataset_name EleutherAI/hendrycks_math --batch_size 256 --output_dir eval/vllm
+```
+
 # The same on 4 GPUs: each process generates a quarter of the problems; one predictions CSV, one summary
 ```bash
 accelerate launch --num_processes 4 examples/evaluate_math.py --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \
@@ -93,6 +99,11 @@ class EvaluateArguments:
             Model dtype: `"auto"`, `"bfloat16"`, `"float16"` or `"float32"`.
         system_prompt (`str`, *optional*, defaults to [`~trl_plrs.math.SYSTEM_PROMPT`]):
             System message; use the one the model was trained with.
+        backend (`str`, *optional*, defaults to `"hf"`):
+            `"hf"` (transformers' `generate`) or `"vllm"` (`pip install trl_plrs[vllm]`): the same prompts, greedy
+            decoding and grading; vLLM serves the adapter with a `LoRARequest` (or merges it when its rank exceeds 512).
+        max_model_len (`int`, *optional*, defaults to `4096`):
+            With `backend="vllm"`: the longest prompt plus completion vLLM reserves memory for.
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Base model (Hub id or local folder)."})
@@ -116,6 +127,10 @@ class EvaluateArguments:
         metadata={"help": "Model dtype.", "choices": ["auto", "bfloat16", "float16", "float32"]},
     )
     system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"help": "System message used in training."})
+    backend: str = field(default="hf", metadata={"help": "Generation backend.", "choices": ["hf", "vllm"]})
+    max_model_len: int = field(
+        default=4096, metadata={"help": "backend=vllm: prompt + completion tokens per sequence."}
+    )
 
     def __post_init__(self):
         if self.rescore_csv is None and self.model_name_or_path is None:
@@ -136,16 +151,25 @@ def main(script_args: EvaluateArguments) -> dict:
     if script_args.limit is not None:
         dataset = dataset.select(range(min(script_args.limit, len(dataset))))
 
-    dtype = script_args.dtype if script_args.dtype == "auto" else getattr(torch, script_args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
-    if script_args.adapter_path is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, script_args.adapter_path)
     # One device per process: under `accelerate launch --num_processes N` each generates its share of the problems.
     state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs, several processes join one gloo group
-    model = model.to(state.device)
+    backend_kwargs = {}
+    if script_args.backend == "vllm":
+        model = script_args.model_name_or_path  # vLLM loads it (and the adapter) itself
+        backend_kwargs = dict(
+            backend="vllm",
+            adapter_path=script_args.adapter_path,
+            vllm_kwargs={"dtype": script_args.dtype, "max_model_len": script_args.max_model_len},
+        )
+    else:
+        dtype = script_args.dtype if script_args.dtype == "auto" else getattr(torch, script_args.dtype)
+        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
+        if script_args.adapter_path is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, script_args.adapter_path)
+        model = model.to(state.device)
 
     summary = evaluate_math(
         model,
@@ -155,6 +179,7 @@ def main(script_args: EvaluateArguments) -> dict:
         max_new_tokens=script_args.max_new_tokens,
         output_dir=script_args.output_dir,
         system_prompt=script_args.system_prompt,
+        **backend_kwargs,
     )
     if state.is_main_process:
         print(report_to_markdown(summary))

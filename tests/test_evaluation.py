@@ -219,3 +219,32 @@ def test_example_script_with_adapter_then_rescore(tmp_path, tokenizer):
     assert script.main(args)["num_rescored"] == 3
     with pytest.raises(ValueError, match="`model_name_or_path` is required"):
         script.EvaluateArguments()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The vLLM backend's arguments (its generation is compared with this backend's in tests/test_vllm_backend.py)
+
+
+def test_vllm_backend_without_vllm_says_what_to_install(dataset, monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, as when it is not installed
+    tokenizer = build_tokenizer()
+    with pytest.raises(ImportError, match="pip install trl_plrs\\[vllm\\]"):
+        evaluate_math(str(tmp_path), tokenizer, dataset, backend="vllm")
+
+
+@pytest.mark.parametrize(
+    "model_is_path, kwargs, match",
+    [
+        (True, {"backend": "tgi"}, "`backend` must be 'hf' or 'vllm'"),
+        (False, {"backend": "vllm"}, "`backend='vllm'` loads the model itself"),
+        (True, {}, "`backend='hf'` generates with a loaded model"),
+        (False, {"adapter_path": "adapter"}, "`adapter_path` is for `backend='vllm'`"),
+    ],
+)
+def test_backend_arguments_are_checked(dataset, tmp_path, model_is_path, kwargs, match):
+    tokenizer = build_tokenizer()
+    model = str(tmp_path) if model_is_path else build_tiny_model(tokenizer)
+    with pytest.raises(ValueError, match=match):
+        evaluate_math(model, tokenizer, dataset, **kwargs)

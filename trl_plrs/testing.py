@@ -103,6 +103,7 @@ def build_tiny_model(
     num_hidden_layers: int = 2,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    head_dim: int = 16,
 ) -> LlamaForCausalLM | Qwen2ForCausalLM:
     """
     Build a randomly initialised causal LM from config, sized for CPU tests.
@@ -114,13 +115,15 @@ def build_tiny_model(
             `"llama"` or `"qwen2"`. Both have the projections `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`,
             `up_proj` and `down_proj` that the paper's LoRA targets.
         hidden_size (`int`, *optional*, defaults to `64`):
-            Width of the model; the MLP is twice as wide, with `hidden_size // 16` attention heads.
+            Width of the model; the MLP is twice as wide, with `hidden_size // head_dim` attention heads.
         num_hidden_layers (`int`, *optional*, defaults to `2`):
             Number of decoder layers.
         dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
             Parameter dtype (`torch.float64` makes exactness checks tighter).
         seed (`int`, *optional*, defaults to `0`):
             Seed of the weight initialisation.
+        head_dim (`int`, *optional*, defaults to `16`):
+            Width of an attention head (vLLM needs at least 32).
     """
     config_classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     if architecture not in config_classes:
@@ -128,7 +131,7 @@ def build_tiny_model(
             f"`architecture` must be one of {sorted(config_classes)}, but the value passed is {architecture!r}."
         )
     config_class, model_class = config_classes[architecture]
-    num_heads = max(hidden_size // 16, 1)
+    num_heads = max(hidden_size // head_dim, 1)
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

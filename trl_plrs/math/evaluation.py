@@ -20,6 +20,7 @@ run resumes), and a summary per level and subject in JSON and markdown.
 >>> summary = rescore_predictions("eval/run1/predictions.csv")  # re-grade without a model
 """
 
+import contextlib
 import copy
 import csv
 import glob
@@ -97,6 +98,22 @@ def _greedy_generation_config(model: torch.nn.Module, tokenizer: PreTrainedToken
     return generation_config
 
 
+def prompt_texts(tokenizer: PreTrainedTokenizerBase, problems: list[str], system_prompt: str | None) -> list[str]:
+    """The prompt of each problem: the chat template with the system prompt and the generation prompt."""
+    return [
+        tokenizer.apply_chat_template(
+            build_prompt_messages(problem, system_prompt), tokenize=False, add_generation_prompt=True
+        )
+        for problem in problems
+    ]
+
+
+def _vllm_completions(generator, tokenizer, problems, max_new_tokens, system_prompt, stop) -> list[str]:
+    # The same prompt tokens as the Hugging Face path, and the same decoding of the new tokens.
+    ids = tokenizer(prompt_texts(tokenizer, problems, system_prompt), add_special_tokens=False)["input_ids"]
+    return tokenizer.batch_decode(generator.generate(ids, max_new_tokens, stop), skip_special_tokens=True)
+
+
 def generate_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -121,14 +138,13 @@ def generate_completions(
             System message, as used in training.
     """
     with _generation_ready(model, tokenizer):
-        texts = [
-            tokenizer.apply_chat_template(
-                build_prompt_messages(problem, system_prompt), tokenize=False, add_generation_prompt=True
-            )
-            for problem in problems
-        ]
         # The chat template already writes any special tokens (e.g. Llama 3's BOS); do not add them twice.
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = tokenizer(
+            prompt_texts(tokenizer, problems, system_prompt),
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
         device = next(model.parameters()).device
         inputs = {key: value.to(device) for key, value in inputs.items()}
         with torch.inference_mode():
@@ -190,6 +206,9 @@ def evaluate_math(
     show_progress: bool = True,
     progress_label: str = "Generating",
     shard_across_processes: bool | None = None,
+    backend: str = "hf",
+    adapter_path: str | None = None,
+    vllm_kwargs: dict | None = None,
 ) -> dict:
     """
     Exact-match accuracy of a model on MATH-like rows, in strict and symbolic modes, overall, per level and per subject.
@@ -223,6 +242,14 @@ def evaluate_math(
             Show a progress bar over batches.
         progress_label (`str`, *optional*, defaults to `"Generating"`):
             Label of that bar.
+        backend (`str`, *optional*, defaults to `"hf"`):
+            `"hf"`: transformers' `generate` on `model`. `"vllm"`: vLLM (`pip install trl_plrs[vllm]`), with `model`
+            the base model's hub id or path and `adapter_path` an optional LoRA adapter for it; the same prompts,
+            greedy decoding and grading (see [`~trl_plrs.math.vllm_backend.VLLMGenerator`]).
+        adapter_path (`str`, *optional*):
+            With `backend="vllm"`: a PEFT LoRA adapter of `model`, e.g. a curriculum's `output_dir`.
+        vllm_kwargs (`dict`, *optional*):
+            With `backend="vllm"`: more arguments of `vllm.LLM` (`dtype`, `max_model_len`, `gpu_memory_utilization`...).
         shard_across_processes (`bool`, *optional*):
             Split the problems across the processes of a distributed run (the default when there are several). `False`:
             every process generates every problem, e.g. under DeepSpeed ZeRO-3, where every forward pass needs every
@@ -234,6 +261,21 @@ def evaluate_math(
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, but the value passed is {batch_size}.")
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"`backend` must be 'hf' or 'vllm', but the value passed is {backend!r}.")
+    if backend == "vllm" and not isinstance(model, str):
+        raise ValueError(
+            "`backend='vllm'` loads the model itself: pass `model` as the base model's hub id or path, and the LoRA "
+            f"adapter as `adapter_path` (got a `{type(model).__name__}`)."
+        )
+    if backend == "hf" and isinstance(model, str):
+        raise ValueError(
+            f"`backend='hf'` generates with a loaded model, but `model` is the string {model!r}: load it with "
+            "`AutoModelForCausalLM.from_pretrained` (and `PeftModel.from_pretrained` for an adapter), or use "
+            "`backend='vllm'`."
+        )
+    if adapter_path is not None and backend != "vllm":
+        raise ValueError("`adapter_path` is for `backend='vllm'`; with 'hf', load the adapter into `model`.")
     if max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be a positive integer, but the value passed is {max_new_tokens}.")
     if "problem" not in dataset.column_names or not {"answer", "solution"} & set(dataset.column_names):
@@ -285,12 +327,24 @@ def evaluate_math(
     if output_dir is not None:
         part_path = os.path.join(output_dir, PART_FILENAME.format(rank=state.process_index)) if sharded else csv_path
     new_rows = []
-    with _appending_predictions(part_path) as append:
+    generator = None
+    if backend == "vllm" and mine:
+        from .vllm_backend import VLLMGenerator, stop_token_ids
+
+        generator = VLLMGenerator(model, adapter_path=adapter_path, **(vllm_kwargs or {}))
+        stop = stop_token_ids(_generation_eos(model), tokenizer)
+    with _appending_predictions(part_path) as append, contextlib.ExitStack() as cleanup:
+        if generator is not None:
+            cleanup.callback(generator.close)
         batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
         for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not show_progress):
-            completions = generate_completions(
-                model, tokenizer, [problems[index] for index in batch], max_new_tokens, system_prompt
-            )
+            batch_problems = [problems[index] for index in batch]
+            if generator is not None:
+                completions = _vllm_completions(
+                    generator, tokenizer, batch_problems, max_new_tokens, system_prompt, stop
+                )
+            else:
+                completions = generate_completions(model, tokenizer, batch_problems, max_new_tokens, system_prompt)
             rows = [
                 {
                     "unique_id": unique_ids[index],
@@ -322,6 +376,16 @@ def evaluate_math(
     if sharded:
         state.wait_for_everyone()
     return report
+
+
+def _generation_eos(model_name_or_path: str):
+    """The end-of-sequence id(s) of a saved model's generation config (`None` without one)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_name_or_path).eos_token_id
+    except OSError:
+        return None
 
 
 @contextmanager
