@@ -37,16 +37,15 @@ from common import (
     RESULTS_DIR,
     fmt,
     markdown_table,
+    prompt_completion_rows,
     quiet_libraries,
     resolve_math_path,
     summarize,
     write_results,
 )
-from datasets import Dataset
 from peft import LoraConfig
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
-from trl_plrs.math.data import load_math, make_synthetic_math, math_corpus, to_prompt_completion
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 
@@ -62,16 +61,6 @@ class StepClock(CurriculumCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.end = time.perf_counter()
-
-
-def load_rows(math_train_path: str | None, limit: int) -> tuple[Dataset, list[str]]:
-    math = load_math(math_train_path) if math_train_path else make_synthetic_math(num_per_level=limit // 5)
-    math = math.shuffle(seed=0).select(range(min(limit, len(math))))
-    corpus = math_corpus(math)
-    rows = math.map(
-        to_prompt_completion, remove_columns=["problem", "solution", "answer", "type", "unique_id", "level"]
-    )
-    return Dataset.from_list(rows.to_list()), corpus
 
 
 def build_trainer(rows, tokenizer, args, work_dir, clock=None) -> CurriculumSFTTrainer:
@@ -185,7 +174,7 @@ def main(argv=None):
         if math_path is None:
             print(f"Skipping: no MATH train file at {args.math_train_path} (use --synthetic for a smoke run).")
             return None
-    rows, corpus = load_rows(math_path, args.rows)
+    rows, corpus = prompt_completion_rows(math_path, args.rows, keep_level=False)
     tokenizer = build_tokenizer(corpus=corpus)
     records = {"scoring": [], "epoch": []}
     ratios = []

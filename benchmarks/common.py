@@ -324,3 +324,19 @@ def stage_phases(clock: PhaseClock) -> list[dict]:
         ends = [current["train_begin"], *current["step_ends"]]
         current["step_seconds"] = [later - earlier for earlier, later in zip(ends, ends[1:])]
     return stages
+
+
+def prompt_completion_rows(math_train_path: str | None, limit: int, keep_level: bool = True):
+    """
+    Up to `limit` shuffled rows of MATH train (synthetic MATH-like rows without a path) as prompt/completion rows,
+    with the `level` column unless `keep_level=False`, and the text corpus a local tokenizer is trained on.
+    """
+    from datasets import Dataset
+
+    from trl_plrs.math import load_math, make_synthetic_math, math_corpus, to_prompt_completion
+
+    math = load_math(math_train_path) if math_train_path else make_synthetic_math(num_per_level=limit // 5)
+    math = math.shuffle(seed=0).select(range(min(limit, len(math))))
+    dropped = ["problem", "solution", "answer", "type", "unique_id"] + ([] if keep_level else ["level"])
+    rows = math.map(to_prompt_completion, remove_columns=dropped)
+    return Dataset.from_list(rows.to_list()), math_corpus(math)
