@@ -247,6 +247,11 @@ def test_difficulty_scoring_is_split_across_processes_and_agrees(tmp_path, base_
     for distributed_row, single_row in zip(distributed_rows, single_rows):
         assert float(distributed_row["score"]) == pytest.approx(float(single_row["score"]), abs=1e-6)
 
+    # A rerun (or resume) in the same output_dir reads the levels back: no process scores again.
+    again = launch("ddp", base_dir, distributed_dir, "--curriculum_difficulty", "base_loss")
+    assert [report["scored_rows"] for report in again] == [[], []]
+    assert again[0]["row_levels"] == again[1]["row_levels"] == single["row_levels"]
+
 
 EVALUATION_WORKER = os.path.join(DISTRIBUTED_DIR, "run_evaluation.py")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, PeftModel
 from torch import nn
@@ -354,7 +354,12 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             "data_sha256": data_fingerprint(dataset),
             "model": self._base_model_fingerprint(),
         }
-        saved = read_difficulty(args.output_dir, key) if args.curriculum_difficulty == "base_loss" else None
+        saved = None
+        if args.curriculum_difficulty == "base_loss":
+            # The main process decides for all (every process then scores, or none does).
+            saved = read_difficulty(args.output_dir, key) if self.accelerator.is_main_process else None
+            if self.accelerator.num_processes > 1:
+                saved = broadcast_object_list([saved])[0]
         if saved is not None:
             scores, levels, thresholds = saved
             logger.info(f"Read the difficulty levels of this data and model from {args.output_dir}.")
