@@ -35,6 +35,8 @@ from common import (
     DEFAULT_MATH_TRAIN,
     LORA_TARGETS,
     RESULTS_DIR,
+    StepClock,
+    bench_config_kwargs,
     fmt,
     markdown_table,
     prompt_completion_rows,
@@ -45,41 +47,18 @@ from common import (
 )
 from peft import LoraConfig
 
-from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.testing import build_tiny_model, build_tokenizer
-
-
-class StepClock(CurriculumCallback):
-    """Wall time from the first optimizer step's start to the last one's end."""
-
-    def __init__(self):
-        self.start, self.end = None, None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.start is None:
-            self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.end = time.perf_counter()
 
 
 def build_trainer(rows, tokenizer, args, work_dir, clock=None) -> CurriculumSFTTrainer:
     return CurriculumSFTTrainer(
         build_tiny_model(tokenizer, hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers),
         args=PLRSConfig(
-            output_dir=work_dir,
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            seed=7,
-            per_device_train_batch_size=args.batch_size,
+            # max_steps=-1: one epoch (`num_train_epochs`) decides the length.
+            **bench_config_kwargs(work_dir, -1, args.batch_size, max_length=args.max_length),
             per_device_eval_batch_size=args.batch_size,
             num_train_epochs=1,
-            max_length=args.max_length,
-            learning_rate=1e-3,
             # One stage over every row: the scoring below is timed on its own, "length" costs nothing here.
             curriculum_difficulty="length",
             curriculum_num_levels=1,

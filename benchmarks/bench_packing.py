@@ -31,12 +31,13 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
 from common import (
     DEFAULT_MATH_TRAIN,
     LORA_TARGETS,
     RESULTS_DIR,
+    StepClock,
+    bench_config_kwargs,
     fmt,
     markdown_table,
     prompt_completion_rows,
@@ -47,42 +48,19 @@ from common import (
 )
 from peft import LoraConfig
 
-from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
+from trl_plrs import CurriculumSFTTrainer, PLRSConfig
 from trl_plrs.testing import build_tiny_model, build_tokenizer
 
 
-class TokenClock(CurriculumCallback):
-    """Real tokens and wall time of the optimizer steps (from the first step's start to the last step's end)."""
-
-    def __init__(self):
-        self.start, self.end, self.tokens_at_start = None, None, 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.start is None:
-            self.start, self.tokens_at_start = time.perf_counter(), state.num_input_tokens_seen
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.end, self.tokens = time.perf_counter(), state.num_input_tokens_seen - self.tokens_at_start
-
-
 def run(rows, tokenizer, packing: bool, args, work_dir) -> dict:
-    clock = TokenClock()
+    clock = StepClock()
     batch_size = args.packed_batch_size if packing else args.batch_size
     trainer = CurriculumSFTTrainer(
         build_tiny_model(tokenizer, hidden_size=args.hidden_size, num_hidden_layers=2),
         args=PLRSConfig(
-            output_dir=os.path.join(work_dir, f"packing-{packing}"),
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            seed=7,
-            per_device_train_batch_size=batch_size,
-            max_steps=args.steps,
-            max_length=args.max_length,
-            learning_rate=1e-3,
+            **bench_config_kwargs(
+                os.path.join(work_dir, f"packing-{packing}"), args.steps, batch_size, max_length=args.max_length
+            ),
             packing=packing,
             # One stage over every level: the last stage of a full-replay curriculum.
             curriculum_stages=[",".join(str(level) for level in sorted(set(rows["level"])))],

@@ -218,6 +218,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
+class StepClock(TrainerCallback):
+    """
+    Wall time of the optimizer steps, from the first step's start to the last step's end, and the tokens trained in
+    between (`state.num_input_tokens_seen`: counted with `include_num_input_tokens_seen`, else 0).
+    """
+
+    def __init__(self):
+        self.start, self.end, self.tokens_at_start, self.tokens = None, None, 0, 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.start is None:
+            self.start, self.tokens_at_start = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.end, self.tokens = time.perf_counter(), state.num_input_tokens_seen - self.tokens_at_start
+
+
 class PhaseClock(TrainerCallback):
     """Timestamps the training-loop events (and, through [`TimedCurriculumTrainer`], the stage events)."""
 
