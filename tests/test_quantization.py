@@ -327,3 +327,22 @@ def test_gradient_check_sees_the_repacked_weights_trap(tmp_path, tokenizer, base
     assert relative_error(adapter_gradients(peft_model, batch), reference_gradients(peft_model, batch)) > 0.5
     with pytest.raises(ValueError, match="already repacked"):
         keep_4bit_weights_trainable_on_cpu(peft_model)
+
+
+def test_difficulty_scoring_leaves_4bit_weights_trainable(tmp_path, tokenizer, base_dir):
+    """`curriculum_difficulty="base_loss"` runs no-grad eval forwards at construction: they must not repack the
+    4-bit weights (the trap above), so the LoRA gradients stay those of the dequantized model."""
+    trainer = CurriculumSFTTrainer(
+        load_quantized(base_dir, "nf4"),
+        args=make_args(tmp_path, lora_ranks=[8], curriculum_difficulty="base_loss", curriculum_num_levels=2),
+        train_dataset=make_leveled_dataset().remove_columns("level"),
+        processing_class=tokenizer,
+        peft_config=lora_config(lora_dropout=0.0),
+    )
+    assert trainer.difficulty["method"] == "base_loss"
+    peft_model = trainer.model
+    for layer in lora_layers(peft_model):
+        with torch.no_grad():
+            layer.lora_B[DEFAULT_ADAPTER].weight.normal_(std=0.1)  # B = 0 would give A no gradient
+    batch = tokenizer(["What is 3 + 4?"], return_tensors="pt")
+    assert relative_error(adapter_gradients(peft_model, batch), reference_gradients(peft_model, batch)) < GRADIENT_RTOL

@@ -288,6 +288,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             )
 
         _check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
+        if self.is_quantized:
+            # Before any no-grad forward (the difficulty scoring below, the evaluations) can repack the 4-bit weights.
+            keep_4bit_weights_trainable_on_cpu(self.model)
         # Tokenized once, here; every stage selects rows of it. Preparation may drop rows (e.g. a completion that
         # truncation removed entirely), so the levels are read again from the prepared rows.
         self.curriculum_dataset = self.train_dataset
@@ -314,8 +317,6 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             name: layer.get_base_layer().weight.dtype for name, layer in named_lora_layers(self.model)
         }
         self.adapter_transition = self._resolve_adapter_transition()
-        if self.is_quantized:
-            keep_4bit_weights_trainable_on_cpu(self.model)
         # As `SFTTrainer` creates the first adapter: under ZeRO-3 a non-quantized model keeps the adapter in its dtype.
         self.autocast_adapter_dtype = not (
             args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not self.is_quantized
