@@ -232,3 +232,22 @@ def test_curriculum_trains_on_computed_levels(tmp_path, tokenizer):
     assert [summary["levels"] for summary in trainer.stage_summaries] == [[1], [2], [3]]
     # Full replay by default: each stage adds its 10 rows.
     assert [summary["rows"] for summary in trainer.stage_summaries] == [10, 20, 30]
+
+
+def test_base_loss_on_a_bf16_base_is_scored_in_bf16(tmp_path, tokenizer):
+    # Where users live: a bf16 base. The scores are its own losses (in its dtype), and the curriculum trains.
+    args = make_args(tmp_path, curriculum_difficulty="base_loss", curriculum_num_levels=3, max_steps=1, bf16=True)
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer, dtype=torch.bfloat16),
+        args=args,
+        train_dataset=unleveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    model = trainer.model.get_base_model()
+    with open(tmp_path / DIFFICULTY_CSV, newline="") as file:
+        scores = [float(row["score"]) for row in csv.DictReader(file)]
+    expected = [per_row_loss(model, row) for row in trainer.curriculum_dataset]
+    assert scores == pytest.approx(expected, rel=2e-2)
+    trainer.train()
+    assert [summary["levels"] for summary in trainer.stage_summaries] == [[1], [2], [3]]
