@@ -272,14 +272,19 @@ def test_nothing_trainable_of_a_finished_stage_stays_alive(tmp_path, tokenizer, 
     assert gc.get_freeze_count() == 0
 
 
-def test_long_lived_objects_frozen_leaves_a_callers_freeze_alone():
+def test_long_lived_objects_frozen_leaves_a_callers_freeze_alone(monkeypatch):
+    # The freeze count itself is not stable (a frozen object that is deallocated leaves the permanent generation; a
+    # CI run saw it drop by 2), so the test checks that the block neither freezes nor unfreezes.
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
+        calls = []
+        monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+        monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
         with _long_lived_objects_frozen():
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+            assert gc.get_freeze_count() > 0
+        assert calls == [] and gc.get_freeze_count() > 0
     finally:
+        monkeypatch.undo()
         gc.unfreeze()
 
 
