@@ -34,7 +34,7 @@ import time
 
 
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["overhead", "data_prep", "transition", "memory", "packing", "difficulty"]
+BENCHMARKS = ["overhead", "data_prep", "transition", "memory", "packing", "difficulty", "stack"]
 GOALS = {
     "overhead": "wall ratio curriculum / SFTTrainer <= 1.03",
     "data_prep": "ours / loop of trainers <= 0.3",
@@ -42,6 +42,7 @@ GOALS = {
     "memory": "peak RSS curriculum / SFTTrainer <= 1.05",
     "packing": "tokens/s packed / padded >= 1.4",
     "difficulty": "base_loss scoring / one epoch <= 0.4",
+    "stack": "last stage's step, fused stack / merge <= 1.45 (hidden 1024)",
 }
 
 
@@ -58,6 +59,12 @@ def headline(name: str, results: dict) -> str:
             f"at most {100 * worst['share_of_stage']['median']:.2f}% "
             f"({worst['boundary_ms']['median']:.0f} ms per boundary, hidden {worst['hidden_size']} x "
             f"{worst['num_hidden_layers']}, {worst['adapter_transition']})"
+        )
+    if name == "stack":
+        return ", ".join(
+            f"{record['stages'][-1]['ratio']['fused']['median']:.2f} fused vs "
+            f"{record['stages'][-1]['ratio']['unfused']['median']:.2f} unfused ({shape})"
+            for shape, record in results["shapes"].items()
         )
     if name == "memory":
         return ", ".join(

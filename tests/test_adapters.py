@@ -20,12 +20,16 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from trl_plrs.adapters import (
     DEFAULT_ADAPTER,
+    FROZEN_ADAPTER,
     add_stage_adapter,
     base_weights,
     choose_adapter_transition,
     concatenate_lora_adapters,
     export_mismatch,
-    freeze_adapter_as,
+    fp32_copy_bytes,
+    fp32_copy_fits,
+    free_device_memory,
+    fuse_into_frozen,
     lora_layers,
     merge_adapter_into_base,
     trainable_adapter_names,
@@ -80,30 +84,95 @@ def test_merge_then_new_adapter_keeps_the_function(tokenizer, batch, dtype, tole
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-6)])
-def test_freeze_then_new_adapter_keeps_the_function(tokenizer, batch, dtype, tolerance):
+def test_fuse_then_new_adapter_keeps_the_function(tokenizer, batch, dtype, tolerance):
     model = get_peft_model(build_tiny_model(tokenizer, dtype=dtype), lora_config(16, lora_dropout=0.2))
     randomize_adapter(model)
     before = logits(model, batch)
 
-    freeze_adapter_as(model, "stage_0")
-    add_stage_adapter(model, lora_config(8), frozen_adapters=["stage_0"])
+    fuse_into_frozen(model)
+    add_stage_adapter(model, lora_config(8), frozen_adapters=[FROZEN_ADAPTER])
 
     assert torch.allclose(logits(model, batch), before, atol=tolerance, rtol=0)
-    assert set(model.peft_config) == {DEFAULT_ADAPTER, "stage_0"}
-    assert model.active_adapters == [DEFAULT_ADAPTER, "stage_0"]
+    assert set(model.peft_config) == {DEFAULT_ADAPTER, FROZEN_ADAPTER}
+    assert model.active_adapters == [DEFAULT_ADAPTER, FROZEN_ADAPTER]
     assert trainable_adapter_names(model) == {DEFAULT_ADAPTER}
     for layer in lora_layers(model):
-        assert isinstance(layer.lora_dropout["stage_0"], torch.nn.Identity)
+        assert isinstance(layer.lora_dropout[FROZEN_ADAPTER], torch.nn.Identity)
     # Training mode must not change the frozen adapter's contribution (no dropout on it).
     model.train()
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, before, atol=tolerance, rtol=0)
 
 
+def stacked_reference(tokenizer, dtype, configs, seeds):
+    """The unfused stack: every stage's adapter kept as its own frozen adapter, all active."""
+    model = get_peft_model(build_tiny_model(tokenizer, dtype=dtype), configs[0], adapter_name="s0")
+    for index, config in enumerate(configs[1:], start=1):
+        model.add_adapter(f"s{index}", config)
+    for index, seed in enumerate(seeds):
+        randomize_adapter(model, f"s{index}", seed=seed)
+    model.base_model.set_adapter([f"s{index}" for index in range(len(configs))])
+    return model
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_fused_stages_equal_the_unfused_stack_in_float64(tokenizer, batch, use_rslora):
+    """Four stages (ranks 16, 8, 4, 2, dropout on) folded one by one: one frozen branch of rank 28 per layer, the
+    function of four separate adapters, up to float64 rounding."""
+    configs = [lora_config(rank, lora_dropout=0.1, use_rslora=use_rslora) for rank in (16, 8, 4, 2)]
+    seeds = [11, 12, 13, 14]
+    reference = logits(stacked_reference(tokenizer, torch.float64, configs, seeds), batch)
+
+    model = get_peft_model(build_tiny_model(tokenizer, dtype=torch.float64), configs[0])
+    randomize_adapter(model, seed=seeds[0])
+    for config, seed in zip(configs[1:], seeds[1:]):
+        fuse_into_frozen(model)
+        add_stage_adapter(model, config, frozen_adapters=[FROZEN_ADAPTER])
+        randomize_adapter(model, seed=seed)
+    torch.testing.assert_close(logits(model, batch), reference, atol=1e-10, rtol=0)
+    fuse_into_frozen(model)  # the last stage too: the frozen adapter then is the whole curriculum
+    torch.testing.assert_close(logits(model, batch), reference, atol=1e-10, rtol=0)
+
+    assert model.peft_config[FROZEN_ADAPTER].r == 30 and model.peft_config[FROZEN_ADAPTER].lora_alpha == 30
+    for layer in lora_layers(model):
+        assert list(layer.lora_A) == [FROZEN_ADAPTER]  # one LoRA branch, however many stages
+        assert layer.scaling[FROZEN_ADAPTER] == 1.0
+
+
+def test_fused_adapter_is_rebuilt_bit_for_bit_from_the_saved_stages(tokenizer, tmp_path):
+    """A resume rebuilds the frozen adapter from the stage folders: the same tensors as the live fusion, in bf16 too
+    (a QLoRA stage adapter trains in bf16)."""
+    model = get_peft_model(build_tiny_model(tokenizer), lora_config(16))
+    dirs = []
+    for stage, rank in enumerate([16, 8, 4]):
+        if stage:
+            fuse_into_frozen(model)
+            add_stage_adapter(model, lora_config(rank), frozen_adapters=[FROZEN_ADAPTER])
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+        randomize_adapter(model, seed=stage + 20)
+        dirs.append(str(tmp_path / f"stage-{stage}"))
+        model.save_pretrained(dirs[-1], selected_adapters=[DEFAULT_ADAPTER])
+    fuse_into_frozen(model)
+    live = {name: param.detach().clone() for name, param in model.named_parameters() if FROZEN_ADAPTER in name}
+
+    rebuilt = get_peft_model(build_tiny_model(tokenizer), lora_config(16))
+    rebuilt.delete_adapter(DEFAULT_ADAPTER)
+    for path in dirs:
+        rebuilt.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
+        fuse_into_frozen(rebuilt)
+    again = {name: param.detach() for name, param in rebuilt.named_parameters() if FROZEN_ADAPTER in name}
+    assert live.keys() == again.keys() and live
+    for name, value in live.items():
+        assert value.dtype == torch.float32
+        assert torch.equal(again[name], value), name
+
+
 def test_only_the_new_adapter_and_no_base_weight_is_trainable(tokenizer):
     model = get_peft_model(build_tiny_model(tokenizer), lora_config(16))
-    freeze_adapter_as(model, "stage_0")
-    add_stage_adapter(model, lora_config(8), frozen_adapters=["stage_0"])
+    fuse_into_frozen(model)
+    add_stage_adapter(model, lora_config(8), frozen_adapters=[FROZEN_ADAPTER])
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
     assert trainable and all(".lora_A.default." in name or ".lora_B.default." in name for name in trainable)
     num_modules = 2 * len(TARGETS)  # 2 layers
@@ -154,12 +223,19 @@ def test_concatenated_adapter_matches_peft_cat_and_the_stacked_model(tokenizer, 
     dirs = []
     for stage, rank in enumerate([16, 8, 4]):
         if stage:
-            freeze_adapter_as(model, f"stage_{stage - 1}")
-            add_stage_adapter(model, lora_config(rank), frozen_adapters=[f"stage_{i}" for i in range(stage)])
+            fuse_into_frozen(model)
+            add_stage_adapter(model, lora_config(rank), frozen_adapters=[FROZEN_ADAPTER])
             randomize_adapter(model, seed=stage + 1)
         dirs.append(str(tmp_path / f"stage-{stage}"))
         model.save_pretrained(dirs[-1], selected_adapters=[DEFAULT_ADAPTER])
     stacked_logits = logits(model, batch)
+    # The live frozen adapter is the export of the finished stages, bit for bit.
+    concatenate_lora_adapters(dirs[:2], str(tmp_path / "first-two"))
+    exported = PeftModel.from_pretrained(copy.deepcopy(original), str(tmp_path / "first-two"))
+    for layer_live, layer_exported in zip(lora_layers(model), lora_layers(exported), strict=True):
+        for part in ("lora_A", "lora_B"):
+            live = getattr(layer_live, part)[FROZEN_ADAPTER].weight
+            assert torch.equal(live, getattr(layer_exported, part)["default"].weight)
 
     config = concatenate_lora_adapters(dirs, str(tmp_path / "final"))
     assert (config.r, config.lora_alpha) == (28, 28)
@@ -193,8 +269,8 @@ def test_concatenation_honours_rslora_scaling(tokenizer, batch, tmp_path):
 def test_choose_adapter_transition():
     fp32, bf16, fp16 = {torch.float32}, {torch.bfloat16}, {torch.float16}
 
-    def auto(dtypes, quantized=False, sharded_engine=False, autocast=False):
-        return choose_adapter_transition("auto", dtypes, quantized, sharded_engine, autocast)
+    def auto(dtypes, quantized=False, sharded_engine=False, autocast=False, fits=True):
+        return choose_adapter_transition("auto", dtypes, quantized, sharded_engine, autocast, fits)
 
     assert auto(fp32) == auto(fp32, autocast=True) == auto(fp32, sharded_engine=True) == "merge"
     # 16-bit weights under autocast: upcast the targeted weights, then merge exactly.
@@ -204,8 +280,55 @@ def test_choose_adapter_transition():
     assert auto(fp32, quantized=True) == auto(bf16, quantized=True, autocast=True) == "stack"
     # DeepSpeed (or FSDP) with bf16/fp16 owns the weights and casts them to 16 bits.
     assert auto(fp32, sharded_engine=True, autocast=True) == auto(bf16, sharded_engine=True, autocast=True) == "stack"
+    # An fp32 copy that would not fit: the fused stack, which needs no extra memory.
+    assert auto(bf16, autocast=True, fits=False) == "stack"
+    assert auto(fp32, fits=False) == "merge"  # nothing to copy
     for requested in ("merge", "fp32_merge", "stack"):
         assert choose_adapter_transition(requested, bf16, False, False, False) == requested
+
+
+def test_fp32_copy_fits_a_share_of_free_memory():
+    gib = 2**30
+    assert fp32_copy_fits(2 * gib, 8 * gib) and not fp32_copy_fits(3 * gib, 8 * gib)
+    assert fp32_copy_fits(2 * gib, None)  # free memory unknown: the faster choice
+    assert fp32_copy_fits(3 * gib, 8 * gib, max_share=0.5)
+    # 2 more bytes per targeted 16-bit weight; fp32 weights need no copy.
+    model = get_peft_model(build_tiny_model(build_tokenizer(), dtype=torch.bfloat16), lora_config(8))
+    targeted = sum(layer.get_base_layer().weight.numel() for layer in lora_layers(model))
+    assert fp32_copy_bytes(model) == 2 * targeted > 0
+    assert fp32_copy_bytes(get_peft_model(build_tiny_model(build_tokenizer()), lora_config(8))) == 0
+    assert free_device_memory(torch.device("cpu")) > 0
+
+
+def test_auto_stacks_when_the_fp32_copy_would_not_fit(tmp_path, tokenizer, caplog, monkeypatch):
+    """A bf16 base under autocast upcasts (fp32_merge) while the copy fits, and fuses the stack when it would not."""
+    import logging
+
+    from trl_plrs import CurriculumSFTTrainer, plrs_trainer
+
+    from .conftest import make_leveled_dataset
+    from .test_plrs_trainer import lora_config as trainer_lora_config
+    from .test_plrs_trainer import make_args
+
+    def build(free_bytes):
+        monkeypatch.setattr(plrs_trainer, "free_device_memory", lambda device: free_bytes)
+        with caplog.at_level(logging.INFO, logger="trl_plrs.plrs_trainer"):
+            return CurriculumSFTTrainer(
+                build_tiny_model(tokenizer, dtype=torch.bfloat16),
+                args=make_args(tmp_path, bf16=True),
+                train_dataset=make_leveled_dataset(),
+                processing_class=tokenizer,
+                peft_config=trainer_lora_config(),
+            )
+
+    roomy = build(free_bytes=2**40)
+    assert roomy.adapter_transition == "fp32_merge"
+    copy_bytes = fp32_copy_bytes(roomy.model)
+    assert "within 25% of the 1024.00 GiB free" in caplog.text
+    caplog.clear()
+    tight = build(free_bytes=2 * copy_bytes)
+    assert tight.adapter_transition == "stack"
+    assert "over 25% of the" in caplog.text and "fused into one frozen adapter" in caplog.text
 
 
 def test_upcast_base_weights_is_exact_and_idempotent():

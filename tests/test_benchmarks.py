@@ -126,3 +126,22 @@ def test_grading_benchmark_scores_the_suite(benchmarks_on_path, tmp_path):
     assert results["pairs"] >= 300 and results["timing"] is None
     assert results["overall"]["symbolic"] == 1.0 > results["overall"]["math_verify"] > results["overall"]["strict"]
     assert "plain math-verify" in (tmp_path / "grading.md").read_text()
+
+
+def test_stack_smoke_writes_markdown_and_json(benchmarks_on_path, tmp_path):
+    import bench_stack
+
+    data = bench_stack.main(["--quick", "--output_dir", str(tmp_path)])
+    stages = data["shapes"]["quick"]["stages"]
+    assert [stage["frozen_rank"] for stage in stages] == [0, 256, 384, 448, 480]
+    # Per layer: merge runs one LoRA branch, the unfused stack one per stage, the fused stack at most two.
+    branches = [
+        {
+            layout: record["stages"][index]["lora_branches_per_layer"]
+            for layout, record in data["shapes"]["quick"]["repeats"][0].items()
+        }
+        for index in range(5)
+    ]
+    assert branches == [{"merge": 1, "unfused": min(index + 1, 5), "fused": min(index + 1, 2)} for index in range(5)]
+    assert "fused / merge" in (tmp_path / "stack.md").read_text()
+    assert json.loads((tmp_path / "stack.json").read_text())["machine"]["OMP_NUM_THREADS"] == "1"

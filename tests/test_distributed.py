@@ -177,10 +177,13 @@ def test_curriculum_survives_engine(runs, single_process_runs, base_dir, engine,
             assert begin["trainable_adapters"] == ["default"]
             assert begin["default_ranks"] == [stage["lora_rank"]]
             assert begin["base_trainable"] == []
-            if transition == "stack":
-                assert begin["adapters"] == sorted(["default", *[f"stage_{k}" for k in range(1, stage["index"] + 1)]])
+            if transition == "stack" and stage["index"]:
+                # One frozen adapter carries the finished stages: a rank of theirs summed, gathered whole under ZeRO-3.
+                assert begin["adapters"] == ["default", "frozen_stages"]
+                assert begin["frozen_ranks"] == [sum(SCHEDULED_RANKS[: stage["index"]])]
             else:
                 assert begin["adapters"] == ["default"]
+                assert begin["frozen_ranks"] == []
             if zero_stage == 3:
                 # Without zero persistence thresholds a tiny model is not sharded and the gather would prove nothing.
                 assert begin["partitioned_base_weights"] == begin["base_weights"] > 0

@@ -27,7 +27,13 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
-from trl_plrs.adapters import DEFAULT_ADAPTER, concatenate_lora_adapters, lora_layers, trainable_adapter_names
+from trl_plrs.adapters import (
+    DEFAULT_ADAPTER,
+    FROZEN_ADAPTER,
+    concatenate_lora_adapters,
+    lora_layers,
+    trainable_adapter_names,
+)
 from trl_plrs.plrs_trainer import _long_lived_objects_frozen
 from trl_plrs.testing import build_tiny_model, save_tiny_model
 
@@ -96,6 +102,7 @@ class Recorder(CurriculumCallback):
                 ),
                 "targets": {name.split(".")[-1] for name, module in model.named_modules() if module in layers},
                 "base_trainable": base_trainable,
+                "frozen_ranks": {layer.r.get(FROZEN_ADAPTER, 0) for layer in layers},
                 "level_counts": Counter(self.trainer.train_dataset["level"]),
                 "is_selection": self.trainer.train_dataset._indices is not None,
             }
@@ -184,9 +191,11 @@ def test_each_stage_starts_with_exactly_one_fresh_trainable_adapter(trained):
             assert record["adapters"] == [DEFAULT_ADAPTER]
             assert record["active"] == [DEFAULT_ADAPTER]
         else:
-            frozen = [f"stage_{number}" for number in range(1, stage.number)]
+            # From stage 2 on, one frozen adapter carries every finished stage: its rank is theirs summed.
+            frozen = [FROZEN_ADAPTER] if stage.index else []
             assert record["adapters"] == sorted([DEFAULT_ADAPTER, *frozen])
             assert record["active"] == [DEFAULT_ADAPTER, *frozen]
+            assert record["frozen_ranks"] == {sum(earlier.lora_rank for earlier in trainer.stages[: stage.index])}
 
 
 def test_transitions_do_not_change_the_model_function(trained):

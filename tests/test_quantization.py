@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer
-from trl_plrs.adapters import DEFAULT_ADAPTER, lora_layers
+from trl_plrs.adapters import DEFAULT_ADAPTER, FROZEN_ADAPTER, lora_layers
 from trl_plrs.callbacks import stage_dir
 from trl_plrs.quantization import keep_4bit_weights_trainable_on_cpu
 from trl_plrs.testing import save_tiny_model
@@ -156,7 +156,7 @@ class FrozenAdapterSnapshot(CurriculumCallback):
         return {
             name: param.detach().clone()
             for name, param in model.named_parameters()
-            if ".lora_" in name and ".stage_" in name
+            if ".lora_" in name and f".{FROZEN_ADAPTER}." in name
         }
 
     def on_stage_begin(self, args, state, control, stage, model, **kwargs):
@@ -219,17 +219,32 @@ def test_stack_curriculum_on_a_quantized_base(tmp_path, tokenizer, base_dir, qua
     for name in before:
         assert torch.equal(after[name], before[name]), name
 
-    # Frozen adapters are bit-identical from the stage after they were frozen to the end, and equal to their saved files.
+    # The one frozen adapter carries stages 1 and 2 (rank 16 + 8). What it held when a stage began is bit-identical in
+    # it at the end (A's leading rows, B's leading columns), and it equals the saved stage adapters concatenated, each
+    # A with its stage's scaling.
     final = snapshot.final_frozen
-    assert len(final) == 2 * 2 * 14  # stage_1 and stage_2: A and B of 7 projections x 2 layers
+    assert len(final) == 2 * 14  # A and B of 7 projections x 2 layers
+    assert [len(stage_snapshot) for stage_snapshot in snapshot.snapshots] == [0, 28, 28]
     for stage_snapshot in snapshot.snapshots:
         for name, value in stage_snapshot.items():
-            assert torch.equal(final[name], value), name
-    for stage in trainer.stages[:-1]:
-        saved = load_file(os.path.join(stage_dir(trainer.args.output_dir, stage.number), "adapter_model.safetensors"))
-        for key, value in saved.items():
-            live_name = key.replace(".weight", f".stage_{stage.number}.weight")
-            assert torch.equal(final[live_name].float(), value.float()), key
+            held = final[name][: value.shape[0]] if ".lora_A." in name else final[name][:, : value.shape[1]]
+            assert torch.equal(held, value), name
+    saved = [
+        load_file(os.path.join(stage_dir(trainer.args.output_dir, stage.number), "adapter_model.safetensors"))
+        for stage in trainer.stages[:-1]
+    ]
+    for key in saved[0]:
+        live_name = key.replace(".weight", f".{FROZEN_ADAPTER}.weight")
+        if ".lora_A." in key:
+            expected = torch.cat(
+                [
+                    stage_weights[key].float() * (stage.lora_alpha / stage.lora_rank)
+                    for stage_weights, stage in zip(saved, trainer.stages)
+                ]
+            )
+        else:
+            expected = torch.cat([stage_weights[key].float() for stage_weights in saved], dim=1)
+        assert torch.equal(final[live_name], expected), key
 
     # The LoRA gradients of the quantized model equal those of an fp32 model built from the dequantized weights:
     # after the per-level evaluations, which repack 4-bit weights on AVX512-BF16 CPUs unless the trainer prevents it.

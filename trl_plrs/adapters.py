@@ -16,8 +16,9 @@ Stage transitions on a [`~peft.PeftModel`]: thin wrappers over PEFT's adapter AP
 
 The adapter being trained is always PEFT's `"default"` adapter, so that the Trainer's checkpointing, best-model
 loading and `save_pretrained` keep working unchanged. At a transition the finished `"default"` adapter is either
-merged into the base weights and deleted (`"merge"`), or copied to a frozen, still active adapter `"stage_{k}"`
-(`"stack"`); then a fresh `"default"` adapter of the next stage's rank is added.
+merged into the base weights and deleted (`"merge"`), or folded into the one frozen, still active adapter
+`"frozen_stages"` that carries every finished stage (`"stack"`); then a fresh `"default"` adapter of the next stage's
+rank is added. A targeted layer thus runs at most two LoRA branches, whatever the number of stages.
 
 Under DeepSpeed ZeRO-3 the parameters are partitioned across ranks; every read or write of a weight here happens
 inside [`gathered_parameters`], one layer at a time, so that the partitions stay consistent.
@@ -45,9 +46,8 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def stage_adapter_name(stage_number: int) -> str:
-    """Name of the frozen adapter that keeps stage `stage_number` (from 1) in stack mode."""
-    return f"stage_{stage_number}"
+# Stack mode: the one frozen, active adapter that carries every finished stage (see `fuse_into_frozen`).
+FROZEN_ADAPTER = "frozen_stages"
 
 
 def stage_lora_config(peft_config: LoraConfig, stage: Stage) -> LoraConfig:
@@ -87,8 +87,19 @@ def _adapter_params(layer: LoraLayer, adapter_name: str) -> list[nn.Parameter]:
     return [layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight]
 
 
+# `"auto"` upcasts 16-bit targeted weights to fp32 (`"fp32_merge"`) only when the copy takes at most this share of the
+# device memory free at construction; above it, the fused stack (no extra memory) is the better trade. See README's
+# precision section for the figures behind it.
+FP32_COPY_MAX_SHARE = 0.25
+
+
 def choose_adapter_transition(
-    requested: str, base_dtypes: set[torch.dtype], quantized: bool, sharded_engine: bool, autocast: bool
+    requested: str,
+    base_dtypes: set[torch.dtype],
+    quantized: bool,
+    sharded_engine: bool,
+    autocast: bool,
+    fp32_copy_fits: bool = True,
 ) -> str:
     """
     The transition a curriculum uses: `requested`, or for `"auto"` the one that keeps every stage's learning.
@@ -96,10 +107,11 @@ def choose_adapter_transition(
     Merging adds each stage's update to the base weights; in bf16 (8 bits of mantissa) an update much smaller than
     the weight rounds to nothing, so most of a LoRA stage's learning at a typical learning rate is lost (fp16 loses a
     share too). `"auto"` therefore merges into fp32 weights only: as they are (`"merge"`), or after upcasting the
-    LoRA-targeted 16-bit weights to fp32 when training runs under autocast (`"fp32_merge"`: 2 more bytes per targeted
-    weight, merged steps as fast as a plain LoRA run); it keeps finished adapters frozen beside the new one
-    (`"stack"`: exact on any base, no extra memory, but every later step computes the frozen adapters too) on a
-    quantized base, under a sharding engine (DeepSpeed, FSDP), or on 16-bit weights without autocast.
+    LoRA-targeted 16-bit weights to fp32 when training runs under autocast and that copy fits (`"fp32_merge"`: 2 more
+    bytes per targeted weight, merged steps as fast as a plain LoRA run); it keeps finished adapters frozen beside the
+    new one (`"stack"`: exact on any base, no extra memory, one fused frozen LoRA branch per layer whose rank is the
+    finished stages' sum) on a quantized base, under a sharding engine (DeepSpeed, FSDP), on 16-bit weights without
+    autocast, or when the fp32 copy would not fit.
 
     Args:
         requested (`str`): `"auto"`, `"merge"`, `"fp32_merge"` or `"stack"`.
@@ -109,6 +121,8 @@ def choose_adapter_transition(
             DeepSpeed with bf16/fp16 casts fp32-loaded weights to 16 bits).
         autocast (`bool`): whether training runs under autocast (`bf16`/`fp16` without DeepSpeed), which runs an
             fp32 weight in 16-bit matmuls.
+        fp32_copy_fits (`bool`, *optional*, defaults to `True`): whether upcasting the targeted 16-bit weights to
+            fp32 fits the device (see [`fp32_copy_fits`]).
     """
     if requested != "auto":
         return requested
@@ -116,7 +130,33 @@ def choose_adapter_transition(
         return "stack"
     if base_dtypes <= {torch.float32, torch.float64}:
         return "merge" if not (sharded_engine and autocast) else "stack"
-    return "fp32_merge" if autocast and not sharded_engine else "stack"
+    return "fp32_merge" if autocast and not sharded_engine and fp32_copy_fits else "stack"
+
+
+def fp32_copy_bytes(model: nn.Module) -> int:
+    """The memory that upcasting the LoRA-targeted 16-bit base weights to fp32 adds: 2 bytes per weight."""
+    return sum(
+        2 * layer.get_base_layer().weight.numel()
+        for layer in lora_layers(model)
+        if layer.get_base_layer().weight.dtype in (torch.bfloat16, torch.float16)
+    )
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Free memory of `device` in bytes (CUDA: `torch.cuda.mem_get_info`; CPU: available RAM), or `None` if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def fp32_copy_fits(copy_bytes: int, free_bytes: int | None, max_share: float = FP32_COPY_MAX_SHARE) -> bool:
+    """Whether an fp32 copy of `copy_bytes` takes at most `max_share` of `free_bytes` (unknown free memory: yes)."""
+    return free_bytes is None or copy_bytes <= max_share * free_bytes
 
 
 def upcast_base_weights(model: nn.Module) -> int:
@@ -165,30 +205,59 @@ def merge_adapter_into_base(model: PeftModel, adapter_name: str = DEFAULT_ADAPTE
     return (lost_squared / total_squared) ** 0.5 if total_squared > 0 else 0.0
 
 
-def freeze_adapter_as(model: PeftModel, frozen_name: str, adapter_name: str = DEFAULT_ADAPTER) -> None:
+def fuse_into_frozen(model: PeftModel, adapter_name: str = DEFAULT_ADAPTER) -> LoraConfig:
     """
-    Copy the adapter to a new adapter `frozen_name` with `requires_grad=False` and no dropout, then delete it.
+    Fold the finished adapter into the one frozen adapter [`FROZEN_ADAPTER`] that carries every finished stage
+    (stack mode), then delete it. Returns the frozen adapter's new config.
 
-    The frozen copy stays active (see [`activate_stage_adapter`]); dropping its dropout makes it behave in training as
-    it would once merged.
+    The frozen adapter is the `"cat"` combination of the finished stages, as [`concatenate_lora_adapters`] exports
+    them: `A` stacks each stage's `A * scaling` row-wise, `B` stacks each stage's `B` column-wise, and its own scaling
+    is 1 (`lora_alpha = r`), so `B @ A = sum_k B_k @ A_k * scaling_k` while every targeted layer runs one frozen LoRA
+    branch instead of one per finished stage. Its weights are fp32 (fp64 on a float64 model; a 16-bit base runs them
+    under autocast as it runs any adapter) and it has no dropout: it acts as fixed weights, as the stage would once
+    merged. The concatenation is computed in that precision from the adapters' values, so rebuilding it from the saved
+    stage adapters on a resume gives the same tensors bit for bit.
     """
-    model.add_adapter(frozen_name, model.peft_config[adapter_name])
-    for layer in lora_layers(model):
+    config = model.peft_config[adapter_name]
+    frozen = model.peft_config.get(FROZEN_ADAPTER)
+    rank = config.r + (frozen.r if frozen is not None else 0)
+    fused = {}
+    for name, layer in named_lora_layers(model):
         if adapter_name not in layer.lora_A:
             continue
-        source, target = _adapter_params(layer, adapter_name), _adapter_params(layer, frozen_name)
-        with gathered_parameters(source + target, modify=True), torch.no_grad():
-            for source_param, target_param in zip(source, target):
-                target_param.data.copy_(source_param.data)
-    disable_dropout(model, frozen_name)
+        params = _adapter_params(layer, adapter_name)
+        if frozen is not None:
+            params += _adapter_params(layer, FROZEN_ADAPTER)
+        with gathered_parameters(params, modify=False), torch.no_grad():
+            dtype = torch.promote_types(params[0].dtype, torch.float32)  # fp32, or fp64 on a float64 model
+            lora_a = layer.lora_A[adapter_name].weight.to(dtype) * layer.scaling[adapter_name]
+            lora_b = layer.lora_B[adapter_name].weight.to(dtype)
+            if frozen is not None:  # earlier stages first, as the export orders them
+                lora_a = torch.cat([layer.lora_A[FROZEN_ADAPTER].weight.to(dtype), lora_a], dim=0)
+                lora_b = torch.cat([layer.lora_B[FROZEN_ADAPTER].weight.to(dtype), lora_b], dim=1)
+            # Copies: under ZeRO-3 the gathered values are freed on exit.
+            fused[name] = (lora_a.clone(), lora_b.clone())
+    if frozen is not None:
+        model.delete_adapter(FROZEN_ADAPTER)  # "default" stays active: PEFT has no active adapter to warn about
+    fused_config = replace(
+        config,
+        r=rank,
+        lora_alpha=rank,
+        use_rslora=False,
+        lora_dropout=0.0,
+        rank_pattern={},
+        alpha_pattern={},
+    )
+    model.add_adapter(FROZEN_ADAPTER, fused_config)
+    for name, layer in named_lora_layers(model):
+        if name not in fused:
+            continue
+        with torch.no_grad():
+            for param, value in zip(_adapter_params(layer, FROZEN_ADAPTER), fused[name], strict=True):
+                param.copy_(value)
+    model.base_model.set_adapter([adapter_name, FROZEN_ADAPTER])
     model.delete_adapter(adapter_name)
-
-
-def disable_dropout(model: PeftModel, adapter_name: str) -> None:
-    """Replace the adapter's LoRA dropout by the identity: a frozen adapter should act as fixed weights."""
-    for layer in lora_layers(model):
-        if adapter_name in layer.lora_dropout:
-            layer.lora_dropout[adapter_name] = nn.Identity()
+    return fused_config
 
 
 def add_stage_adapter(

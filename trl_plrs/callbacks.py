@@ -26,13 +26,12 @@ from transformers.utils import logging as transformers_logging
 from .adapters import (
     ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER,
+    FROZEN_ADAPTER,
     activate_stage_adapters,
     add_stage_adapter,
-    disable_dropout,
-    freeze_adapter_as,
+    fuse_into_frozen,
     lora_layers,
     merge_adapter_into_base,
-    stage_adapter_name,
     stage_lora_config,
     upcast_base_weights,
 )
@@ -198,8 +197,8 @@ class PLRSCallback(CurriculumCallback):
     over and over.
 
     At the beginning of stage k > 1 the finished adapter is merged into the base weights (the trainer's resolved
-    `adapter_transition` is `"merge"`, or `"fp32_merge"`, which first upcasts the targeted weights to fp32) or kept
-    frozen and active as `stage_{k-1}` (`"stack"`), then a fresh adapter of rank `lora_ranks[k-1]` is added as
+    `adapter_transition` is `"merge"`, or `"fp32_merge"`, which first upcasts the targeted weights to fp32) or folded
+    into the one frozen, active adapter `"frozen_stages"` that carries stages 1..k-1 (`"stack"`), then a fresh adapter of rank `lora_ranks[k-1]` is added as
     the only trainable one, the stage's rows (its levels plus the replay) become the training set, and the optimizer
     and learning-rate scheduler are dropped so that the trainer builds new ones over the new adapter alone.
     """
@@ -236,9 +235,8 @@ class PLRSCallback(CurriculumCallback):
         if trainer.adapter_transition in MERGE_TRANSITIONS:
             self._merge(finished)
         else:
-            frozen_name = stage_adapter_name(finished.number)
-            freeze_adapter_as(model, frozen_name)
-            trainer.curriculum_state.frozen_adapters.append(frozen_name)
+            fuse_into_frozen(model)
+            trainer.curriculum_state.frozen_adapters = [FROZEN_ADAPTER]
         self._add_fresh_adapter(stage)
 
     def _merge(self, finished: Stage) -> None:
@@ -292,20 +290,25 @@ class PLRSCallback(CurriculumCallback):
                     f"Cannot resume at stage {stage_index + 1}: the adapter of finished stage {finished.number} is missing "
                     f"from {path}. Resume with the `output_dir` of the run that wrote the checkpoint."
                 )
+            model.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
             if trainer.adapter_transition in MERGE_TRANSITIONS:
-                model.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
                 self._merge(finished)
             else:
-                frozen_name = stage_adapter_name(finished.number)
-                model.load_adapter(path, adapter_name=frozen_name, is_trainable=False)
-                disable_dropout(model, frozen_name)
-                trainer.curriculum_state.frozen_adapters.append(frozen_name)
+                # The same fusion as at the transition, from the same values: the frozen adapter is rebuilt bit for bit.
+                fuse_into_frozen(model)
+                trainer.curriculum_state.frozen_adapters = [FROZEN_ADAPTER]
         self._add_fresh_adapter(trainer.stages[stage_index])
 
     def activate_adapters(self):
         """Activate the trainable adapter and the frozen ones of finished stages (stack mode; a no-op in merge mode)."""
-        if self.trainer.curriculum_state.frozen_adapters:
-            activate_stage_adapters(self.trainer.model, self.trainer.curriculum_state.frozen_adapters)
+        frozen = self.trainer.curriculum_state.frozen_adapters
+        if frozen:
+            model = self.trainer.model
+            # A checkpoint written before the stages were fused holds one frozen adapter per stage (`stage_{k}`): their
+            # sum is `frozen_stages` already, rebuilt from the stage folders.
+            for name in [name for name in model.peft_config if name not in (DEFAULT_ADAPTER, *frozen)]:
+                model.delete_adapter(name)
+            activate_stage_adapters(model, frozen)
 
     def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
         self.trainer.save_stage_adapter(stage_dir(args.output_dir, stage.number))

@@ -76,12 +76,15 @@ class PLRSConfig(SFTConfig):
             What happens to a finished stage's adapter. `"merge"`: it is merged into the base weights and removed
             before the next stage's adapter is added; exact only into fp32 weights (a bf16 merge rounds most of a
             small update away, and a warning then says how much). `"stack"`: it is kept, frozen and still active,
-            beside the new one; exact on any base, the only choice on a quantized (4-bit or 8-bit) one, at the cost
-            of the frozen adapters' FLOPs in every later step. `"fp32_merge"`: at the first transition the
+            beside the new one, fused with the earlier finished stages into one frozen adapter `"frozen_stages"` (a
+            layer runs two LoRA branches, whatever the number of stages); exact on any base, the only choice on a
+            quantized (4-bit or 8-bit) one, at the cost of the finished ranks' FLOPs in every later step.
+            `"fp32_merge"`: at the first transition the
             LoRA-targeted 16-bit base weights are upcast to fp32 (2 more bytes per weight; back to their dtype after
             training), then every finished adapter is merged exactly; needs autocast (`bf16`/`fp16`) and no
-            DeepSpeed/FSDP. `"auto"`: `"merge"` into fp32 weights, `"fp32_merge"` on 16-bit weights under autocast,
-            `"stack"` otherwise (a quantized base, 16-bit weights without autocast, DeepSpeed/FSDP with bf16/fp16).
+            DeepSpeed/FSDP. `"auto"`: `"merge"` into fp32 weights, `"fp32_merge"` on 16-bit weights under autocast
+            when their fp32 copy takes at most 25% of the free device memory, `"stack"` otherwise (a quantized base,
+            16-bit weights without autocast or whose fp32 copy would not fit, DeepSpeed/FSDP with bf16/fp16).
         plrs_preset (`str`, *optional*):
             One of the paper's six baselines, filling `curriculum_stages`, `replay` and `lora_ranks`: `"direct"`
             (B1), `"seq_no_replay"` (B2), `"seq_no_replay_shrink"` (B3), `"seq_full_replay"` (B4), `"replay_shrink"`
@@ -164,8 +167,9 @@ class PLRSConfig(SFTConfig):
         metadata={
             "help": "What happens to a finished stage's adapter: merged into the base weights ('merge', exact into "
             "fp32 weights only), merged after upcasting the targeted 16-bit weights to fp32 ('fp32_merge'), kept "
-            "frozen and active ('stack', exact on any base, required on a quantized one), or 'auto': merge into fp32 "
-            "weights, fp32_merge on 16-bit weights under autocast, stack otherwise.",
+            "frozen and active, fused with the earlier ones ('stack', exact on any base, required on a quantized one), "
+            "or 'auto': merge into fp32 weights, fp32_merge on 16-bit weights under autocast if their fp32 copy fits "
+            "25% of free device memory, stack otherwise.",
             "choices": list(ADAPTER_TRANSITIONS),
         },
     )

@@ -40,9 +40,13 @@ from .adapters import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER,
+    FP32_COPY_MAX_SHARE,
     adapter_state_dict,
     choose_adapter_transition,
     concatenate_lora_adapters,
+    fp32_copy_bytes,
+    fp32_copy_fits,
+    free_device_memory,
     lora_layers,
     named_lora_layers,
 )
@@ -116,7 +120,8 @@ class CurriculumState:
         stage (`int`): Index (from 0) of the stage being trained; folders, logs and summaries number it from 1.
         stage_start_step (`int`): `global_step` at which that stage started.
         adapter_stage (`int`): Index of the stage whose adapter is the trainable `"default"` adapter.
-        frozen_adapters (`list[str]`): Frozen, active adapters of finished stages (stack mode).
+        frozen_adapters (`list[str]`): The frozen, active adapter that carries the finished stages (stack mode:
+            `["frozen_stages"]` from stage 2 on), else empty.
         trainable_params (`int`): Trainable parameters of the current stage.
         epochs_before_stage (`float`): Epochs trained by the finished stages; logged `epoch` = this + `stage_epoch`.
     """
@@ -415,8 +420,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         base_dtypes = {layer.get_base_layer().weight.dtype for layer in layers}
         sharded_engine = args.deepspeed_plugin is not None or bool(args.fsdp)
         autocast = bool(args.bf16 or args.fp16)
+        copy_bytes, free_bytes = fp32_copy_bytes(self.model), free_device_memory(self.accelerator.device)
+        copy_fits = fp32_copy_fits(copy_bytes, free_bytes)
         transition = choose_adapter_transition(
-            args.adapter_transition, base_dtypes, self.is_quantized, sharded_engine, autocast
+            args.adapter_transition, base_dtypes, self.is_quantized, sharded_engine, autocast, copy_fits
         )
         weights = "4-bit/8-bit" if self.is_quantized else "/".join(sorted(str(d).split(".")[-1] for d in base_dtypes))
         if transition == "fp32_merge" and (self.is_quantized or sharded_engine or not autocast):
@@ -429,13 +436,21 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             "merge": "merged into the base weights",
             "fp32_merge": "merged into the targeted base weights after upcasting them to fp32 (2 more bytes per "
             "targeted weight; a 16-bit merge would round most of each stage away)",
-            "stack": "kept frozen and active beside the new one",
+            "stack": "kept frozen and active beside the new one, fused into one frozen adapter",
         }
         if args.adapter_transition == "auto":
+            memory = ""
+            if copy_bytes and autocast and not (self.is_quantized or sharded_engine):
+                free = "unknown" if free_bytes is None else f"{free_bytes / 2**30:.2f} GiB"
+                memory = (
+                    f"; an fp32 copy of them takes {copy_bytes / 2**30:.2f} GiB more, "
+                    f"{'within' if copy_fits else 'over'} {FP32_COPY_MAX_SHARE:.0%} of the {free} free on "
+                    f"{self.accelerator.device}"
+                )
             logger.info(
                 f"`adapter_transition='auto'`: the targeted base weights are {weights}"
                 f"{', trained by ' + ('DeepSpeed' if args.deepspeed_plugin else 'FSDP') if sharded_engine else ''}"
-                f"{' under autocast' if autocast else ''}, so finished adapters are {described[transition]} "
+                f"{' under autocast' if autocast else ''}{memory}, so finished adapters are {described[transition]} "
                 f"('{transition}')."
             )
         elif transition == "merge" and (
@@ -781,7 +796,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "data and code of the run that wrote the checkpoint."
             )
         self.plrs_callback.restore_finished_stages(state.stage)
-        self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage)
+        # The adapters are the ones just rebuilt from the stage folders, whatever the checkpoint's version named them.
+        self.curriculum_state = dataclasses.replace(
+            state, adapter_stage=state.stage, frozen_adapters=self.curriculum_state.frozen_adapters
+        )
         self.stage_summaries = saved["stage_summaries"]
         logger.info(f"Resuming the curriculum at stage {state.stage + 1} from {checkpoint}.")
 

@@ -45,7 +45,13 @@ from trl_plrs import (
     PLRSConfig,
     plrs_trainer,  # its `base_loss_scores` is wrapped to count the rows each process scores
 )
-from trl_plrs.adapters import DEFAULT_ADAPTER, gathered_parameters, lora_layers, trainable_adapter_names
+from trl_plrs.adapters import (
+    DEFAULT_ADAPTER,
+    FROZEN_ADAPTER,
+    gathered_parameters,
+    lora_layers,
+    trainable_adapter_names,
+)
 from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
 
 
@@ -101,6 +107,13 @@ class ReportCallback(CurriculumCallback):
                 "trainable_adapters": sorted(trainable_adapter_names(model)),
                 "adapters": sorted(model.peft_config),
                 "default_ranks": sorted({_full_shape(layer.lora_A[DEFAULT_ADAPTER].weight)[0] for layer in layers}),
+                "frozen_ranks": sorted(
+                    {
+                        _full_shape(layer.lora_A[FROZEN_ADAPTER].weight)[0]
+                        for layer in layers
+                        if FROZEN_ADAPTER in layer.lora_A
+                    }
+                ),
                 "base_trainable": [
                     name for name, param in model.named_parameters() if param.requires_grad and ".lora_" not in name
                 ],
