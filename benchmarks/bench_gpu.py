@@ -240,13 +240,13 @@ def run_one(name, base_dir, rows, tokenizer, args, work_dir, device) -> dict:
                 {
                     "levels": list(stage.levels),
                     "lora_rank": stage.lora_rank,
-                    "rows": summary["rows"],
+                    "rows": summary.rows,
                     "steps": len(phases["step_seconds"]),
                     **_step_stats(phases["step_seconds"], tokens_per_step),
                     "peak_gib": peak,
                     "transition_s": phases.get("transition", 0.0),
                     "stage_save_s": phases.get("stage_save", 0.0),
-                    "merge_rounding_loss": summary.get("merge_rounding_loss"),
+                    "merge_rounding_loss": summary.merge_rounding_loss,
                 }
             )
         record["export"] = export_check(trainer, live, base_dir, base, device)

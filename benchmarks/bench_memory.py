@@ -199,18 +199,18 @@ def child(config: dict) -> dict:
         else:
             stages = []
             for phases, summary, rss in zip(stage_phases(clock), trainer.stage_summaries, probe.stage_rss):
-                adapter_file = os.path.join(work_dir, f"stage-{summary['stage']}", "adapter_model.safetensors")
+                adapter_file = os.path.join(work_dir, f"stage-{summary.stage}", "adapter_model.safetensors")
                 steps = phases["step_seconds"][1:] or phases["step_seconds"]
                 stages.append(
                     {
-                        "stage": summary["stage"],
-                        "levels": summary["levels"],
-                        "rows": summary["rows"],
-                        "lora_rank": summary["lora_rank"],
-                        "trainable_params": summary["trainable_params"],
+                        "stage": summary.stage,
+                        "levels": summary.levels,
+                        "rows": summary.rows,
+                        "lora_rank": summary.lora_rank,
+                        "trainable_params": summary.trainable_params,
                         "adapter_mb": os.path.getsize(adapter_file) / 2**20,
                         # fp32 weights, gradients and AdamW's two moments of the trainable parameters
-                        "training_state_mb": 4 * 4 * summary["trainable_params"] / 2**20,
+                        "training_state_mb": 4 * 4 * summary.trainable_params / 2**20,
                         "stage_peak_rss_mb": rss,
                         "step_ms": 1e3 * statistics.median(steps),
                     }

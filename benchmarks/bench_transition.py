@@ -89,7 +89,7 @@ def run_curriculum(tokenizer, rows, hidden_size, num_layers, transition, steps_p
     trainer.train()
     stages = stage_phases(clock)
     for stage, summary in zip(stages, trainer.stage_summaries):
-        stage.update(lora_rank=summary["lora_rank"], trainable_params=summary["trainable_params"])
+        stage.update(lora_rank=summary.lora_rank, trainable_params=summary.trainable_params)
         # The first step of a stage also creates the dataloader's iterator: the steady step time is the median.
         stage["step"] = statistics.median(stage["step_seconds"][1:] or stage["step_seconds"])
     return stages, num_params, len(trainer.curriculum_dataset[0]["input_ids"])

@@ -491,7 +491,9 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_time = time.perf_counter() - start
     state.print(f"Training completed in {train_time:.0f} s.")
-    state.print("\nPer-stage summary\n" + format_stage_table(trainer.stage_summaries))
+    state.print(
+        "\nPer-stage summary\n" + format_stage_table([summary.to_dict() for summary in trainer.stage_summaries])
+    )
 
     after = None
     if script_args.eval_after_training:
@@ -513,7 +515,7 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
         "model": model_args.model_name_or_path or "offline tiny llama",
         "train_time": train_time,
         "num_processes": state.num_processes,
-        "stage_summaries": trainer.stage_summaries,
+        "stage_summaries": [summary.to_dict() for summary in trainer.stage_summaries],
         "difficulty": trainer.difficulty,
         "difficulty_agreement": agreement,
         "before": before,

@@ -23,12 +23,8 @@ from trl_plrs.adapters import (
     FROZEN_ADAPTER,
     add_stage_adapter,
     base_weights,
-    choose_adapter_transition,
     concatenate_lora_adapters,
     export_mismatch,
-    fp32_copy_bytes,
-    fp32_copy_fits,
-    free_device_memory,
     fuse_into_frozen,
     lora_layers,
     merge_adapter_into_base,
@@ -266,71 +262,6 @@ def test_concatenation_honours_rslora_scaling(tokenizer, batch, tmp_path):
 # Precision: the default transition keeps every stage's learning whatever the base dtype
 
 
-def test_choose_adapter_transition():
-    fp32, bf16, fp16 = {torch.float32}, {torch.bfloat16}, {torch.float16}
-
-    def auto(dtypes, quantized=False, sharded_engine=False, autocast=False, fits=True):
-        return choose_adapter_transition("auto", dtypes, quantized, sharded_engine, autocast, fits)
-
-    assert auto(fp32) == auto(fp32, autocast=True) == auto(fp32, sharded_engine=True) == "merge"
-    # 16-bit weights under autocast: upcast the targeted weights, then merge exactly.
-    assert auto(bf16, autocast=True) == auto(fp16, autocast=True) == "fp32_merge"
-    # 16-bit weights without autocast could not run an fp32 weight: keep the finished adapters instead.
-    assert auto(bf16) == auto(fp16) == auto({torch.float32, torch.bfloat16}) == "stack"
-    assert auto(fp32, quantized=True) == auto(bf16, quantized=True, autocast=True) == "stack"
-    # DeepSpeed (or FSDP) with bf16/fp16 owns the weights and casts them to 16 bits.
-    assert auto(fp32, sharded_engine=True, autocast=True) == auto(bf16, sharded_engine=True, autocast=True) == "stack"
-    # An fp32 copy that would not fit: the fused stack, which needs no extra memory.
-    assert auto(bf16, autocast=True, fits=False) == "stack"
-    assert auto(fp32, fits=False) == "merge"  # nothing to copy
-    for requested in ("merge", "fp32_merge", "stack"):
-        assert choose_adapter_transition(requested, bf16, False, False, False) == requested
-
-
-def test_fp32_copy_fits_a_share_of_free_memory():
-    gib = 2**30
-    assert fp32_copy_fits(2 * gib, 8 * gib) and not fp32_copy_fits(3 * gib, 8 * gib)
-    assert fp32_copy_fits(2 * gib, None)  # free memory unknown: the faster choice
-    assert fp32_copy_fits(3 * gib, 8 * gib, max_share=0.5)
-    # 2 more bytes per targeted 16-bit weight; fp32 weights need no copy.
-    model = get_peft_model(build_tiny_model(build_tokenizer(), dtype=torch.bfloat16), lora_config(8))
-    targeted = sum(layer.get_base_layer().weight.numel() for layer in lora_layers(model))
-    assert fp32_copy_bytes(model) == 2 * targeted > 0
-    assert fp32_copy_bytes(get_peft_model(build_tiny_model(build_tokenizer()), lora_config(8))) == 0
-    assert free_device_memory(torch.device("cpu")) > 0
-
-
-def test_auto_stacks_when_the_fp32_copy_would_not_fit(tmp_path, tokenizer, caplog, monkeypatch):
-    """A bf16 base under autocast upcasts (fp32_merge) while the copy fits, and fuses the stack when it would not."""
-    import logging
-
-    from trl_plrs import CurriculumSFTTrainer, plrs_trainer
-
-    from .conftest import make_leveled_dataset
-    from .test_plrs_trainer import lora_config as trainer_lora_config
-    from .test_plrs_trainer import make_args
-
-    def build(free_bytes):
-        monkeypatch.setattr(plrs_trainer, "free_device_memory", lambda device: free_bytes)
-        with caplog.at_level(logging.INFO, logger="trl_plrs.plrs_trainer"):
-            return CurriculumSFTTrainer(
-                build_tiny_model(tokenizer, dtype=torch.bfloat16),
-                args=make_args(tmp_path, bf16=True),
-                train_dataset=make_leveled_dataset(),
-                processing_class=tokenizer,
-                peft_config=trainer_lora_config(),
-            )
-
-    roomy = build(free_bytes=2**40)
-    assert roomy.adapter_transition == "fp32_merge"
-    copy_bytes = fp32_copy_bytes(roomy.model)
-    assert "within 25% of the 1024.00 GiB free" in caplog.text
-    caplog.clear()
-    tight = build(free_bytes=2 * copy_bytes)
-    assert tight.adapter_transition == "stack"
-    assert "over 25% of the" in caplog.text and "fused into one frozen adapter" in caplog.text
-
-
 def test_upcast_base_weights_is_exact_and_idempotent():
     model = get_peft_model(build_tiny_model(build_tokenizer(), dtype=torch.bfloat16), lora_config(8))
     before = {id(layer): layer.get_base_layer().weight.detach().clone() for layer in lora_layers(model)}
@@ -359,7 +290,7 @@ def test_merge_reports_the_share_rounded_away():
 def _train_at_paper_learning_rate(tmp_path, tokenizer, dtype, **kwargs):
     """Train 3 stages at lr 5e-5; return the trainer and `export_mismatch` of the live model at the last stage's end."""
     from trl_plrs import CurriculumCallback, CurriculumSFTTrainer
-    from trl_plrs.callbacks import stage_dir
+    from trl_plrs.transitions import stage_dir
 
     from .conftest import make_leveled_dataset
     from .test_plrs_trainer import lora_config as trainer_lora_config
@@ -416,7 +347,7 @@ def test_explicit_merge_into_bf16_warns_with_the_share_lost(tmp_path, tokenizer,
     assert trainer.adapter_transition == "merge"
     assert "`adapter_transition='merge'` with bfloat16 base weights" in caplog.text
     assert "rounded away" in caplog.text
-    losses = [summary["merge_rounding_loss"] for summary in trainer.stage_summaries[:-1]]
+    losses = [summary.merge_rounding_loss for summary in trainer.stage_summaries[:-1]]
     assert all(loss > 0.3 for loss in losses), losses  # what the warning reports, kept in the run summary
     # ... and the live model has lost it: far more than 5% of the exported delta is missing.
     assert max(mismatch.values()) > 0.3

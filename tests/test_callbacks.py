@@ -25,8 +25,8 @@ import pytest
 from transformers import TrainerCallback
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSCallback
-from trl_plrs.callbacks import format_log_line
 from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
+from trl_plrs.progress import format_log_line
 from trl_plrs.testing import build_tiny_model
 
 from .conftest import make_leveled_dataset

@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig
-from trl_plrs import plrs_trainer as plrs_trainer_module
+from trl_plrs import difficulty as difficulty_module
 from trl_plrs.difficulty import (
     DIFFICULTY_CSV,
     base_loss_scores,
@@ -175,7 +175,7 @@ def test_difficulty_is_deterministic_and_read_back_without_scoring(tmp_path, tok
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored again")
 
-    monkeypatch.setattr(plrs_trainer_module, "base_loss_scores", no_scoring)
+    monkeypatch.setattr(difficulty_module, "base_loss_scores", no_scoring)
     again = build_trainer(tmp_path / "a", tokenizer)
     assert again.row_levels == first.row_levels and again.difficulty == first.difficulty
     # Other data in that folder is scored anew (and would fail here).
@@ -229,9 +229,9 @@ def test_more_levels_than_rows_raises_at_construction(tmp_path, tokenizer):
 def test_curriculum_trains_on_computed_levels(tmp_path, tokenizer):
     trainer = build_trainer(tmp_path, tokenizer, max_steps=1)
     trainer.train()
-    assert [summary["levels"] for summary in trainer.stage_summaries] == [[1], [2], [3]]
+    assert [summary.levels for summary in trainer.stage_summaries] == [[1], [2], [3]]
     # Full replay by default: each stage adds its 10 rows.
-    assert [summary["rows"] for summary in trainer.stage_summaries] == [10, 20, 30]
+    assert [summary.rows for summary in trainer.stage_summaries] == [10, 20, 30]
 
 
 def test_base_loss_on_a_bf16_base_is_scored_in_bf16(tmp_path, tokenizer):
@@ -250,4 +250,4 @@ def test_base_loss_on_a_bf16_base_is_scored_in_bf16(tmp_path, tokenizer):
     expected = [per_row_loss(model, row) for row in trainer.curriculum_dataset]
     assert scores == pytest.approx(expected, rel=2e-2)
     trainer.train()
-    assert [summary["levels"] for summary in trainer.stage_summaries] == [[1], [2], [3]]
+    assert [summary.levels for summary in trainer.stage_summaries] == [[1], [2], [3]]

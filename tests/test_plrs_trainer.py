@@ -399,7 +399,7 @@ def test_subclass_can_override_the_stage_dataset(tmp_path, tokenizer):
     )
     trainer.train()
     assert sizes == [(1, 2, True), (2, 4, True), (3, 6, True)]
-    assert [summary["rows"] for summary in trainer.stage_summaries] == [2, 4, 6]
+    assert [summary.rows for summary in trainer.stage_summaries] == [2, 4, 6]
 
 
 @pytest.mark.parametrize(
@@ -419,7 +419,7 @@ def test_every_preset_runs_end_to_end(tmp_path, tokenizer, preset):
     assert len(trainer.stage_summaries) == expected_stages
     assert trainer.state.global_step == expected_stages
     replayed = preset in {"seq_full_replay", "replay_shrink", "replay_shrink_no_final"}
-    rows = [summary["rows"] for summary in trainer.stage_summaries]
+    rows = [summary.rows for summary in trainer.stage_summaries]
     assert rows == ([10] if preset == "direct" else [2, 4, 6, 8, 10] if replayed else [2] * 5)
     assert LoraConfig.from_pretrained(trainer.args.output_dir).r == sum(stage.lora_rank for stage in trainer.stages)
 
@@ -433,7 +433,7 @@ def test_model_given_as_a_path(tmp_path, tokenizer):
         peft_config=lora_config(),
     )
     trainer.train()
-    assert [summary["levels"] for summary in trainer.stage_summaries] == [[1, 2], [3]]
+    assert [summary.levels for summary in trainer.stage_summaries] == [[1, 2], [3]]
 
 
 def test_unknown_levels_are_dropped_or_rejected(tmp_path, tokenizer, caplog):

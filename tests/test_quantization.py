@@ -28,9 +28,9 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer
 from trl_plrs.adapters import DEFAULT_ADAPTER, FROZEN_ADAPTER, lora_layers
-from trl_plrs.callbacks import stage_dir
 from trl_plrs.quantization import keep_4bit_weights_trainable_on_cpu
 from trl_plrs.testing import save_tiny_model
+from trl_plrs.transitions import stage_dir
 
 from .conftest import make_leveled_dataset
 from .test_plrs_trainer import lora_config, make_args

@@ -215,7 +215,7 @@ def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
 
     uninterrupted = build(tmp_path / "uninterrupted")
     uninterrupted.train()
-    assert [summary["steps"] for summary in uninterrupted.stage_summaries] == [2, 2, 2]  # every stage stopped early
+    assert [summary.steps for summary in uninterrupted.stage_summaries] == [2, 2, 2]  # every stage stopped early
     with pytest.raises(RuntimeError, match="killed at the stage's end"):
         build(tmp_path / "interrupted", callbacks=[DieAtStageEnd(0)]).train()
     resumed = build(tmp_path / "interrupted")

@@ -31,8 +31,8 @@ from trl import SFTConfig, SFTTrainer
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer
 from trl_plrs.adapters import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, concatenate_lora_adapters
-from trl_plrs.callbacks import stage_dir
 from trl_plrs.testing import build_tiny_model, build_tokenizer
+from trl_plrs.transitions import stage_dir
 
 from .conftest import make_leveled_dataset
 from .test_plrs_trainer import lora_config, make_args
@@ -226,7 +226,7 @@ def test_a_stop_request_ends_the_curriculum(tmp_path, tokenizer, caplog):
     with caplog.at_level("WARNING"):
         trainer = train(tmp_path, tokenizer, callbacks=[StopInStageOne()])
     assert trainer.state.global_step == 4
-    assert [summary["stage"] for summary in trainer.stage_summaries] == [1, 2]
+    assert [summary.stage for summary in trainer.stage_summaries] == [1, 2]
     assert not os.path.exists(stage_dir(trainer.args.output_dir, 3))
     assert "the curriculum ends here" in caplog.text and "stages 3-3 were not trained" in caplog.text
     # The combined adapter holds what was trained (stages 1 and 2) and reproduces the model.
@@ -391,7 +391,7 @@ def test_a_stopped_curriculum_resumes_from_its_last_checkpoint(tmp_path, tokeniz
     )
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 9
-    assert [summary["stage"] for summary in resumed.stage_summaries] == [1, 2, 3]
+    assert [summary.stage for summary in resumed.stage_summaries] == [1, 2, 3]
     assert resumed.model.peft_config["default"].r == sum(RANKS)
 
 

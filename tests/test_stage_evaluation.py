@@ -315,7 +315,7 @@ def test_forgetting_matrix_matches_separate_evaluations_and_never_reads_test(tmp
     for level in (1, 2, 3):
         assert {f"eval_level_{level}/loss", f"eval_level_{level}/exact_match"} <= logged
     assert {"eval_retention/backward_transfer_loss", "eval_retention/forward_transfer_exact_match"} <= logged
-    assert trainer.stage_summaries[-1]["eval_per_level"]["loss"]["1"] == matrix.after_stage[3]["loss"][0]
+    assert trainer.stage_summaries[-1].eval_per_level["loss"]["1"] == matrix.after_stage[3]["loss"][0]
     # after the curriculum, `evaluate()` sees every level again
     assert len(trainer.eval_dataset) == len(validation)
 

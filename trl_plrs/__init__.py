@@ -21,8 +21,9 @@ from .callbacks import CurriculumCallback, PLRSCallback
 from .curriculum import PRESETS, Stage, build_stages, parse_level
 from .data import split_train_validation
 from .plrs_config import PLRSConfig
-from .plrs_trainer import CurriculumSFTTrainer, CurriculumState
+from .plrs_trainer import CurriculumSFTTrainer
 from .replay import stage_row_indices
+from .resume import CurriculumState, StageSummary
 
 
 # MATH helpers, from `trl_plrs.math`, imported on first use so that `import trl_plrs` needs neither math-verify nor the
@@ -56,6 +57,7 @@ __all__ = [
     "PLRSCallback",
     "PLRSConfig",
     "Stage",
+    "StageSummary",
     "build_stages",
     "parse_level",
     "split_train_validation",

@@ -87,78 +87,6 @@ def _adapter_params(layer: LoraLayer, adapter_name: str) -> list[nn.Parameter]:
     return [layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight]
 
 
-# `"auto"` upcasts 16-bit targeted weights to fp32 (`"fp32_merge"`) only when the copy takes at most this share of the
-# device memory free at construction; above it, the fused stack (no extra memory) is the better trade. See README's
-# precision section for the figures behind it.
-FP32_COPY_MAX_SHARE = 0.25
-
-
-def choose_adapter_transition(
-    requested: str,
-    base_dtypes: set[torch.dtype],
-    quantized: bool,
-    sharded_engine: bool,
-    autocast: bool,
-    fp32_copy_fits: bool = True,
-) -> str:
-    """
-    The transition a curriculum uses: `requested`, or for `"auto"` the one that keeps every stage's learning.
-
-    Merging adds each stage's update to the base weights; in bf16 (8 bits of mantissa) an update much smaller than
-    the weight rounds to nothing, so most of a LoRA stage's learning at a typical learning rate is lost (fp16 loses a
-    share too). `"auto"` therefore merges into fp32 weights only: as they are (`"merge"`), or after upcasting the
-    LoRA-targeted 16-bit weights to fp32 when training runs under autocast and that copy fits (`"fp32_merge"`: 2 more
-    bytes per targeted weight, merged steps as fast as a plain LoRA run); it keeps finished adapters frozen beside the
-    new one (`"stack"`: exact on any base, no extra memory, one fused frozen LoRA branch per layer whose rank is the
-    finished stages' sum) on a quantized base, under a sharding engine (DeepSpeed, FSDP), on 16-bit weights without
-    autocast, or when the fp32 copy would not fit.
-
-    Args:
-        requested (`str`): `"auto"`, `"merge"`, `"fp32_merge"` or `"stack"`.
-        base_dtypes (`set[torch.dtype]`): dtypes of the LoRA-targeted base weights.
-        quantized (`bool`): whether the base is 4-bit or 8-bit.
-        sharded_engine (`bool`): whether DeepSpeed or FSDP own the weights (their dtype and layout are the engine's;
-            DeepSpeed with bf16/fp16 casts fp32-loaded weights to 16 bits).
-        autocast (`bool`): whether training runs under autocast (`bf16`/`fp16` without DeepSpeed), which runs an
-            fp32 weight in 16-bit matmuls.
-        fp32_copy_fits (`bool`, *optional*, defaults to `True`): whether upcasting the targeted 16-bit weights to
-            fp32 fits the device (see [`fp32_copy_fits`]).
-    """
-    if requested != "auto":
-        return requested
-    if quantized:
-        return "stack"
-    if base_dtypes <= {torch.float32, torch.float64}:
-        return "merge" if not (sharded_engine and autocast) else "stack"
-    return "fp32_merge" if autocast and not sharded_engine and fp32_copy_fits else "stack"
-
-
-def fp32_copy_bytes(model: nn.Module) -> int:
-    """The memory that upcasting the LoRA-targeted 16-bit base weights to fp32 adds: 2 bytes per weight."""
-    return sum(
-        2 * layer.get_base_layer().weight.numel()
-        for layer in lora_layers(model)
-        if layer.get_base_layer().weight.dtype in (torch.bfloat16, torch.float16)
-    )
-
-
-def free_device_memory(device: torch.device) -> int | None:
-    """Free memory of `device` in bytes (CUDA: `torch.cuda.mem_get_info`; CPU: available RAM), or `None` if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and hasattr(os, "sysconf"):
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            return None
-    return None
-
-
-def fp32_copy_fits(copy_bytes: int, free_bytes: int | None, max_share: float = FP32_COPY_MAX_SHARE) -> bool:
-    """Whether an fp32 copy of `copy_bytes` takes at most `max_share` of `free_bytes` (unknown free memory: yes)."""
-    return free_bytes is None or copy_bytes <= max_share * free_bytes
-
-
 def upcast_base_weights(model: nn.Module) -> int:
     """
     Make every LoRA-targeted base weight fp32 (in place; bf16 and fp16 values are exact in fp32), so that merges into
@@ -238,7 +166,9 @@ def fuse_into_frozen(model: PeftModel, adapter_name: str = DEFAULT_ADAPTER) -> L
             # Copies: under ZeRO-3 the gathered values are freed on exit.
             fused[name] = (lora_a.clone(), lora_b.clone())
     if frozen is not None:
-        model.delete_adapter(FROZEN_ADAPTER)  # "default" stays active: PEFT has no active adapter to warn about
+        # With the finished adapter active beside it, PEFT has no active adapter to replace (and warn about).
+        model.base_model.set_adapter([adapter_name, FROZEN_ADAPTER])
+        model.delete_adapter(FROZEN_ADAPTER)
     fused_config = replace(
         config,
         r=rank,

@@ -58,7 +58,6 @@ def dataset_levels(dataset, column: str) -> list[int | None]:
 
 # Every preset trains with the paper's alpha = 2r.
 PRESET_LORA_ALPHA_RATIO = 2.0
-ADAPTER_TRANSITIONS = ("auto", "merge", "fp32_merge", "stack")
 REPLAY_MODES = ("none", "full")
 
 

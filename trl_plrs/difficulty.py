@@ -27,9 +27,11 @@ other rows, e.g. the evaluation rows, on the same scale.
 [1, 1, 2]
 """
 
+import contextlib
 import csv
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from .checkpointing import atomic_path, read_json, write_json_atomic
-from .fingerprint import as_json
+from .fingerprint import as_json, data_fingerprint
 
 
 DIFFICULTY_METHODS = ("base_loss", "length")
@@ -214,3 +216,112 @@ def read_difficulty(output_dir: str, key: dict[str, Any]) -> tuple[list[float], 
     with open(csv_path, newline="") as file:
         lines = list(csv.DictReader(file))
     return [float(line["score"]) for line in lines], [int(line["level"]) for line in lines], saved["thresholds"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Levels of a trainer's prepared rows
+
+
+@dataclass
+class ComputedLevels:
+    """
+    What [`compute_levels`] gives the trainer: the level of every training row and of every evaluation row, and the
+    record kept in the checkpoint fingerprint and `run_summary.json` (`method`, `num_levels`, `thresholds`).
+    """
+
+    train_levels: list[int]
+    eval_levels: list[int] | None
+    record: dict[str, Any]
+    read_back: bool
+
+
+def compute_levels(
+    dataset: Dataset,
+    eval_dataset: Dataset | None,
+    difficulty: str | Callable,
+    num_levels: int,
+    output_dir: str,
+    model_key: dict[str, str],
+    score: Callable[[Dataset, str], list[float]],
+    read_saved: Callable[[Callable[[], Any]], Any],
+    should_save: bool,
+) -> ComputedLevels:
+    """
+    Score every prepared training row with `score(rows, split)`, cut the rows into `num_levels` equal-size levels,
+    write them to `output_dir/difficulty.csv` (if `should_save`) and bin the evaluation rows with the same thresholds.
+    A `"base_loss"` run that finds the levels it would compute already in `output_dir` (same data, model and
+    settings: a resume, or a rerun) reads them instead of scoring again; `read_saved(read)` runs `read` where the
+    run decides for every process (its main process) and hands every process the result.
+    """
+    method = method_name(difficulty)
+    key = {
+        "method": method,
+        "num_levels": num_levels,
+        "data_sha256": data_fingerprint(dataset),
+        "model": model_key,
+    }
+    saved = read_saved(lambda: read_difficulty(output_dir, key)) if difficulty == "base_loss" else None
+    if saved is not None:
+        scores, levels, thresholds = saved
+    else:
+        scores = score(dataset, "train")
+        levels, thresholds = levels_from_scores(scores, num_levels)
+        if should_save:
+            write_difficulty(output_dir, key, dataset[DIFFICULTY_ROW_COLUMN], scores, levels, thresholds)
+    eval_levels = bin_scores(score(eval_dataset, "eval"), thresholds) if isinstance(eval_dataset, Dataset) else None
+    record = {"method": method, "num_levels": num_levels, "thresholds": thresholds}
+    return ComputedLevels(levels, eval_levels, record, read_back=saved is not None)
+
+
+def score_rows(
+    dataset: Dataset,
+    difficulty: str | Callable,
+    model,
+    accelerator,
+    quantized: bool,
+    batch_size: int,
+    pad_token_id: int,
+    show_progress: bool,
+    description: str,
+) -> list[float]:
+    """
+    The `difficulty` score of every row of a prepared (tokenized) dataset. `"base_loss"` is split across the
+    `accelerator`'s processes, each scoring its share with the base model (the adapter disabled), and gathered in
+    order.
+    """
+    if difficulty == "length":
+        return completion_lengths(dataset)
+    if callable(difficulty):
+        return callable_scores(difficulty, dataset)
+    from accelerate.utils import gather_object
+
+    with accelerator.split_between_processes(list(range(len(dataset)))) as shard:
+        with scoring_model(model, accelerator.device, quantized) as base:
+            scores = base_loss_scores(
+                base,
+                dataset.select(shard),
+                batch_size=batch_size,
+                pad_token_id=pad_token_id,
+                show_progress=show_progress,
+                description=description,
+            )
+    return gather_object(scores) if accelerator.num_processes > 1 else scores
+
+
+@contextlib.contextmanager
+def scoring_model(model, device: torch.device, quantized: bool):
+    """
+    The base model, as it computes the difficulty scores: the adapter disabled; under ZeRO-3 with partitioned weights
+    (`zero.Init`), gathered whole on every process; on the accelerator when DeepSpeed left it on the CPU.
+    """
+    params = list(model.parameters())
+    gathered = contextlib.nullcontext()
+    if any(hasattr(param, "ds_id") for param in params):
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params)
+    elif not quantized and params and params[0].device.type == "cpu" and device.type != "cpu":
+        model.to(device)
+    disabled = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with gathered, disabled:
+        yield model

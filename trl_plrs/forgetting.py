@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpointing import atomic_path, read_json, write_json_atomic
+from .plotting import plot_forgetting_heatmap
 
 
 FORGETTING_MATRIX_JSON = "forgetting_matrix.json"
@@ -172,6 +173,11 @@ class ForgettingMatrix:
                 first.setdefault(level, index)
         return [first.get(level) for level in self.levels]
 
+    @staticmethod
+    def higher_is_better(metric: str) -> bool:
+        """Whether a higher value of `metric` is better (exact match) or worse (loss)."""
+        return MATRIX_METRICS[metric]
+
     def metrics(self) -> list[str]:
         names = {name for row in [self.before, *self.after_stage.values()] for name in row}
         return [name for name in MATRIX_METRICS if name in names]
@@ -242,8 +248,6 @@ def save_forgetting_matrix(matrix: ForgettingMatrix, output_dir: str) -> dict[st
         writer = csv.DictWriter(file, fieldnames=["metric", "after", *[f"level_{j}" for j in matrix.levels]])
         writer.writeheader()
         writer.writerows(matrix.csv_rows())
-    from .plotting import plot_forgetting_heatmap  # the plot needs the matrix's definitions
-
     png = plot_forgetting_heatmap(matrix, os.path.join(output_dir, FORGETTING_HEATMAP_PNG))
     if png is not None:
         paths["png"] = png

@@ -15,22 +15,19 @@
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 from .checkpointing import atomic_path
-from .forgetting import BEFORE_TRAINING, MATRIX_METRICS
-
-
-if TYPE_CHECKING:
-    from .forgetting import ForgettingMatrix
 
 
 logger = logging.getLogger(__name__)
 
+# Key of the before-training row among the plotted rows (the others are keyed by stage number).
+_BEFORE = "before"
 
-def plot_forgetting_heatmap(matrix: "ForgettingMatrix", path: str, title: str | None = None) -> str | None:
+
+def plot_forgetting_heatmap(matrix, path: str, title: str | None = None) -> str | None:
     """
-    Draw the matrix as a heatmap PNG, one panel per metric (rows: before training, after stage k; columns: levels;
+    Draw a [`~trl_plrs.forgetting.ForgettingMatrix`] as a heatmap PNG, one panel per metric (rows: before training, after stage k; columns: levels;
     the level trained at a stage is outlined). Needs matplotlib (`pip install trl_plrs[plot]`); without it, logs
     that the plot is skipped and returns `None`.
     """
@@ -42,7 +39,7 @@ def plot_forgetting_heatmap(matrix: "ForgettingMatrix", path: str, title: str | 
     metrics = matrix.metrics()
     if not metrics:
         return None
-    labels = ([("before training", BEFORE_TRAINING)] if matrix.before else []) + [
+    labels = ([("before training", _BEFORE)] if matrix.before else []) + [
         (f"after stage {stage} (L{','.join(map(str, matrix.stage_levels[stage - 1]))})", stage)
         for stage in sorted(matrix.after_stage)
     ]
@@ -53,11 +50,11 @@ def plot_forgetting_heatmap(matrix: "ForgettingMatrix", path: str, title: str | 
         values = [
             [
                 math.nan if v is None else v
-                for v in (matrix.before if key == BEFORE_TRAINING else matrix.after_stage[key]).get(metric, nan)
+                for v in (matrix.before if key == _BEFORE else matrix.after_stage[key]).get(metric, nan)
             ]
             for _, key in labels
         ]
-        higher_is_better = MATRIX_METRICS[metric]
+        higher_is_better = matrix.higher_is_better(metric)
         if higher_is_better:  # accuracies are shown in %
             values = [[100 * value for value in row] for row in values]
         finite = [v for row in values for v in row if not math.isnan(v)]
@@ -75,7 +72,7 @@ def plot_forgetting_heatmap(matrix: "ForgettingMatrix", path: str, title: str | 
         trained_at = matrix.trained_at
         for i, (_, key) in enumerate(labels):
             for j, stage in enumerate(trained_at):
-                if key != BEFORE_TRAINING and stage == key:
+                if key != _BEFORE and stage == key:
                     axis.add_patch(_outline(j, i))
         axis.set_xticks(range(len(matrix.levels)), [f"L{j}" for j in matrix.levels])
         axis.set_yticks(range(len(labels)), [label for label, _ in labels] if axis is axes[0] else [""] * len(labels))

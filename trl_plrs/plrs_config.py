@@ -19,8 +19,9 @@ from accelerate.logging import get_logger
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
-from .curriculum import ADAPTER_TRANSITIONS, PRESETS, normalize_curriculum_stages, normalize_lora_ranks, parse_replay
+from .curriculum import PRESETS, normalize_curriculum_stages, normalize_lora_ranks, parse_replay
 from .difficulty import DIFFICULTY_METHODS, method_name
+from .transitions import ADAPTER_TRANSITIONS
 
 
 logger = get_logger(__name__)
@@ -169,7 +170,7 @@ class PLRSConfig(SFTConfig):
             "fp32 weights only), merged after upcasting the targeted 16-bit weights to fp32 ('fp32_merge'), kept "
             "frozen and active, fused with the earlier ones ('stack', exact on any base, required on a quantized one), "
             "or 'auto': merge into fp32 weights, fp32_merge on 16-bit weights under autocast if their fp32 copy fits "
-            "25% of free device memory, stack otherwise.",
+            "a quarter of the free device memory, stack otherwise.",
             "choices": list(ADAPTER_TRANSITIONS),
         },
     )

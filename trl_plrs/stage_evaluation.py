@@ -20,10 +20,10 @@ early stopping to the levels seen so far.
 import glob
 import os
 import time
-from typing import TYPE_CHECKING
 
 from accelerate.logging import get_logger
 from datasets import Dataset
+from transformers import Trainer
 from transformers.trainer_callback import EarlyStoppingCallback
 
 from .callbacks import CurriculumCallback
@@ -34,11 +34,7 @@ from .forgetting import (
     load_forgetting_matrix,
     save_forgetting_matrix,
 )
-from .trainer_internals import close_prediction_bars, pop_accumulated_metrics, reset_early_stopping
-
-
-if TYPE_CHECKING:
-    from .plrs_trainer import CurriculumSFTTrainer
+from .trainer_internals import close_prediction_bars, pop_accumulated_metrics
 
 
 logger = get_logger(__name__)
@@ -61,25 +57,35 @@ def _system_prompt_of(dataset: Dataset) -> str | None:
     return SYSTEM_PROMPT
 
 
+class StageEarlyStoppingCallback(EarlyStoppingCallback):
+    """
+    The [`~transformers.EarlyStoppingCallback`] of `early_stopping_patience`: its stop ends a stage, where any other
+    stop request ends the curriculum. A class of its own, so that the trainer finds it among the callbacks (the Trainer
+    replaces callback instances when it restores their state from a checkpoint) and tells it from a user's.
+    """
+
+
 class StageEvaluationCallback(CurriculumCallback):
     """
-    Evaluates a [`CurriculumSFTTrainer`] on each level of its `eval_dataset` and keeps the forgetting matrix; installed
-    by the trainer when the evaluation data has the curriculum column.
+    Evaluates a [`CurriculumSFTTrainer`] on each level of its `eval_dataset` and keeps the forgetting matrix; created
+    by the trainer when the evaluation data has the curriculum column. It reads the trainer and returns what the
+    trainer stores.
 
-    - At the beginning of stage k, the trainer's `eval_dataset` becomes the evaluation rows of the levels seen so far
-      (stages 1..k), so that `eval_loss`, `metric_for_best_model` and early stopping look at those levels only; every
-      [`~transformers.EarlyStoppingCallback`] starts the stage with a patience counter of 0.
+    - [`begin_stage`] gives the evaluation rows of the levels seen so far (stages 1..k): the trainer makes them its
+      `eval_dataset`, so that `eval_loss`, `metric_for_best_model` and early stopping look at those levels only.
+      With `stage_eval_before_training`, the first stage begins with the evaluation of every level, for forward
+      transfer.
     - At every evaluation during training (`eval_strategy`), the loss of every level is logged as
       `eval_level_<j>/loss` (TensorBoard and W&B show `eval/level_<j>/loss`).
-    - At the end of every stage (after the best model was loaded, with `load_best_model_at_end`), the loss of every
-      level and, with `stage_eval_generate`, the exact match on up to `stage_eval_max_problems_per_level` problems per
-      level are logged and form the stage's row of the matrix, saved to `output_dir` as `forgetting_matrix.json`,
-      `forgetting_matrix.csv` and `forgetting_heatmap.png`; the predictions are kept in
-      `output_dir/stage_eval/after_stage-<k>/predictions.csv` (inputs of [`~trl_plrs.math.transitions.answer_transitions`]).
-    - With `stage_eval_before_training`, the same evaluation runs before stage 1, for forward transfer.
+    - [`end_stage`], called by the trainer at the end of every stage (after the best model was loaded, with
+      `load_best_model_at_end`), logs the loss of every level and, with `stage_eval_generate`, the exact match on up to
+      `stage_eval_max_problems_per_level` problems per level; they form the stage's row of the matrix, saved to
+      `output_dir` as `forgetting_matrix.json`, `forgetting_matrix.csv` and `forgetting_heatmap.png`; the predictions
+      are kept in `output_dir/stage_eval/after_stage-<k>/predictions.csv` (inputs of
+      [`~trl_plrs.math.transitions.answer_transitions`]).
     """
 
-    def __init__(self, trainer: "CurriculumSFTTrainer", eval_dataset: Dataset, eval_levels: list[int | None]):
+    def __init__(self, trainer: Trainer, eval_dataset: Dataset, eval_levels: list[int | None]):
         self.trainer = trainer
         self.eval_dataset = eval_dataset
         self.eval_levels = eval_levels
@@ -92,19 +98,14 @@ class StageEvaluationCallback(CurriculumCallback):
         self.system_prompt = _system_prompt_of(eval_dataset)
         self._first_stage_seen = None
 
-    # Events -----------------------------------------------------------------------------------------------------
+    # Stage boundaries (called by the trainer) ----------------------------------------------------------------------
 
-    def on_stage_begin(self, args, state, control, stage: Stage, **kwargs):
-        trainer = self.trainer
+    def begin_stage(self, stage: Stage) -> Dataset:
+        """The evaluation rows of the levels seen by stages 1..`stage`; evaluates every level before stage 1 first."""
+        args = self.trainer.args
         if self._first_stage_seen is None:
             self._first_stage_seen = stage.index
             self._restore_rows(stage.index)
-        seen = {level for earlier in trainer.stages[: stage.index + 1] for level in earlier.levels}
-        trainer.eval_dataset = self.eval_dataset.select(
-            [i for i, level in enumerate(self.eval_levels) if level in seen]
-        )
-        # The Trainer keeps the patience counter across `train()` calls; each stage has its own patience.
-        reset_early_stopping(trainer.callback_handler.callbacks)
         if stage.index == 0 and args.stage_eval_before_training and not self.matrix.before:
             self.matrix.before = self.evaluate_levels(
                 generate=args.stage_eval_generate,
@@ -112,22 +113,19 @@ class StageEvaluationCallback(CurriculumCallback):
                 label="Eval before training",
             )
             self._save()
+        seen = {level for earlier in self.trainer.stages[: stage.index + 1] for level in earlier.levels}
+        return self.eval_dataset.select([i for i, level in enumerate(self.eval_levels) if level in seen])
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        # The Trainer's own evaluation during a stage (the levels seen so far); add the loss of every level.
-        if getattr(self.trainer, "is_in_train", False):
-            self.evaluate_levels(generate=False, label=f"Eval at step {state.global_step}")
-
-    def on_stage_end(self, args, state, control, stage: Stage, **kwargs):
-        trainer = self.trainer
-        self.matrix.after_stage[stage.number] = self.evaluate_levels(
+    def end_stage(self, stage: Stage) -> dict[str, dict[str, float | None]]:
+        """Evaluate every level after `stage`, log the retention metrics, save the matrix; returns the stage's row."""
+        trainer, args = self.trainer, self.trainer.args
+        row = self.matrix.after_stage[stage.number] = self.evaluate_levels(
             generate=args.stage_eval_generate,
             predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.number}"),
             label=f"Eval after stage {stage.number}/{len(trainer.stages)}",
         )
-        summary = self.matrix.summary()
         logs = {}
-        for metric, derived in summary.items():
+        for metric, derived in self.matrix.summary().items():
             for name in ("average_final", "backward_transfer", "forward_transfer"):
                 if derived[name] is not None:
                     logs[f"eval_retention/{name}_{metric}"] = derived[name]
@@ -136,14 +134,15 @@ class StageEvaluationCallback(CurriculumCallback):
                     logs[f"eval_level_{level}/forgetting_{metric}"] = value
         if logs:
             trainer.log(logs)
-        if trainer.stage_summaries and trainer.stage_summaries[-1].get("stage") == stage.number:
-            trainer.stage_summaries[-1]["eval_per_level"] = {
-                metric: dict(zip(map(str, self.levels), values))
-                for metric, values in self.matrix.after_stage[stage.number].items()
-            }
         self._save()
-        if stage.index == len(trainer.stages) - 1:
-            trainer.eval_dataset = self.eval_dataset  # after the curriculum, `evaluate()` sees every level again
+        return {metric: dict(zip(map(str, self.levels), values)) for metric, values in row.items()}
+
+    # Events -------------------------------------------------------------------------------------------------------
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # The Trainer's own evaluation during a stage (the levels seen so far); add the loss of every level.
+        if getattr(self.trainer, "is_in_train", False):
+            self.evaluate_levels(generate=False, label=f"Eval at step {state.global_step}")
 
     # Evaluation ---------------------------------------------------------------------------------------------------
 
@@ -280,25 +279,13 @@ def _span(levels: list[int]) -> str:
 _GENERATION_COLUMNS = {"problem", "solution", "answer", "level", "type", "unique_id"}
 
 
-def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluationCallback | None:
+def stage_evaluation_levels(args, eval_dataset, stages: list[Stage]) -> list[int | None] | None:
     """
-    Check the evaluation data and, when it has the curriculum column, install the [`StageEvaluationCallback`] (right
-    after [`~trl_plrs.PLRSCallback`]) and, with `early_stopping_patience`, an
-    [`~transformers.EarlyStoppingCallback`]. Returns the callback, or `None` when per-level evaluation is off.
+    Check the evaluation data against the curriculum and return the level of each of its rows, or `None` when the
+    evaluation per level is off (`stage_eval_per_level=False`, or data without levels that is evaluated as a whole).
+    Raises when a setting asks for per-level evaluation that the data cannot give.
     """
-    args = trainer.args
     column = args.curriculum_column
-    eval_dataset = trainer.eval_dataset
-    required = {
-        name: getattr(args, name)
-        for name in (
-            "stage_eval_per_level",
-            "stage_eval_generate",
-            "stage_eval_before_training",
-            "early_stopping_patience",
-        )
-        if getattr(args, name) not in (None, False)
-    }
     has_column = isinstance(eval_dataset, Dataset) and column in eval_dataset.column_names
     if args.stage_eval_per_level is False:
         return None
@@ -309,52 +296,72 @@ def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluation
             "included. Set `eval_packing=False` to evaluate per level."
         )
     if not has_column:
-        if required:
-            settings = ", ".join(f"`{name}={value!r}`" for name, value in required.items())
-            found = (
-                "no `eval_dataset` was passed"
-                if eval_dataset is None
-                else f"the prepared `eval_dataset` has no column {column!r} (it is a `{type(eval_dataset).__name__}`"
-                + (f" with columns {eval_dataset.column_names})" if isinstance(eval_dataset, Dataset) else ")")
-            )
-            raise ValueError(
-                f"{settings} asks for evaluation per curriculum level, but {found}. Pass one `datasets.Dataset` as "
-                f"`eval_dataset` with the `curriculum_column` {column!r}, e.g. the validation part of "
-                "`trl_plrs.data.split_train_validation(train_dataset)` (never the test split), or unset those fields."
-            )
-        if isinstance(eval_dataset, Dataset) and not args.eval_packing:
-            # Evaluated as a whole, `eval_loss` (and so model selection and early stopping) would mix every level,
-            # including those later stages train: refused unless asked for.
-            raise ValueError(
-                f"The `eval_dataset` has no `curriculum_column` {column!r} (columns: {eval_dataset.column_names}), so "
-                "every evaluation would mix all levels, those of later stages included. Keep the level column in the "
-                "evaluation rows (e.g. the validation part of `trl_plrs.data.split_train_validation(train_dataset)`), "
-                "or set `stage_eval_per_level=False` to evaluate the data as a whole on purpose."
-            )
-        if eval_dataset is not None and not args.eval_packing:
-            logger.warning(
-                f"The `eval_dataset` is a `{type(eval_dataset).__name__}`, not one `datasets.Dataset` with the "
-                f"`curriculum_column` {column!r}: it is evaluated as given, not per level."
-            )
+        _check_data_without_levels(args, eval_dataset)
         return None
-
     eval_levels = dataset_levels(eval_dataset, column)
+    _check_levels(args, eval_dataset, eval_levels, stages)
+    return eval_levels
+
+
+def _check_data_without_levels(args, eval_dataset) -> None:
+    column = args.curriculum_column
+    required = {
+        name: getattr(args, name)
+        for name in (
+            "stage_eval_per_level",
+            "stage_eval_generate",
+            "stage_eval_before_training",
+            "early_stopping_patience",
+        )
+        if getattr(args, name) not in (None, False)
+    }
+    if required:
+        settings = ", ".join(f"`{name}={value!r}`" for name, value in required.items())
+        found = (
+            "no `eval_dataset` was passed"
+            if eval_dataset is None
+            else f"the prepared `eval_dataset` has no column {column!r} (it is a `{type(eval_dataset).__name__}`"
+            + (f" with columns {eval_dataset.column_names})" if isinstance(eval_dataset, Dataset) else ")")
+        )
+        raise ValueError(
+            f"{settings} asks for evaluation per curriculum level, but {found}. Pass one `datasets.Dataset` as "
+            f"`eval_dataset` with the `curriculum_column` {column!r}, e.g. the validation part of "
+            "`trl_plrs.data.split_train_validation(train_dataset)` (never the test split), or unset those fields."
+        )
+    if isinstance(eval_dataset, Dataset) and not args.eval_packing:
+        # Evaluated as a whole, `eval_loss` (and so model selection and early stopping) would mix every level,
+        # including those later stages train: refused unless asked for.
+        raise ValueError(
+            f"The `eval_dataset` has no `curriculum_column` {column!r} (columns: {eval_dataset.column_names}), so "
+            "every evaluation would mix all levels, those of later stages included. Keep the level column in the "
+            "evaluation rows (e.g. the validation part of `trl_plrs.data.split_train_validation(train_dataset)`), "
+            "or set `stage_eval_per_level=False` to evaluate the data as a whole on purpose."
+        )
+    if eval_dataset is not None and not args.eval_packing:
+        logger.warning(
+            f"The `eval_dataset` is a `{type(eval_dataset).__name__}`, not one `datasets.Dataset` with the "
+            f"`curriculum_column` {column!r}: it is evaluated as given, not per level."
+        )
+
+
+def _check_levels(args, eval_dataset: Dataset, eval_levels: list[int | None], stages: list[Stage]) -> None:
+    column = args.curriculum_column
     levels = sorted({level for level in eval_levels if level is not None})
     if not levels:
         raise ValueError(
             f"No row of the `eval_dataset` has a level in its `{column}` column. Fix that column, or drop it to "
             "evaluate the data as a whole."
         )
-    trained = sorted({level for stage in trainer.stages for level in stage.levels})
+    trained = sorted({level for stage in stages for level in stage.levels})
     missing = [level for level in trained if level not in levels]
     if missing:
         logger.warning(
             f"The `eval_dataset` has no rows of the trained levels {missing}: the forgetting matrix has no column for "
             "them. Split the validation data per level, e.g. with `trl_plrs.data.split_train_validation`."
         )
-    if not set(trainer.stages[0].levels) & set(levels) and args.eval_strategy != "no":
+    if not set(stages[0].levels) & set(levels) and args.eval_strategy != "no":
         raise ValueError(
-            f"The `eval_dataset` has no rows of the first stage's levels {list(trainer.stages[0].levels)}, so the "
+            f"The `eval_dataset` has no rows of the first stage's levels {list(stages[0].levels)}, so the "
             f"evaluation during that stage (`eval_strategy={args.eval_strategy.value!r}`) would be empty. Add "
             "validation rows of those levels."
         )
@@ -365,12 +372,4 @@ def install_stage_evaluation(trainer: "CurriculumSFTTrainer") -> StageEvaluation
                 f"a `problem` column and an `answer` or `solution` column, but it has {eval_dataset.column_names}. "
                 "Keep them beside `prompt`/`completion` (`dataset.map(to_prompt_completion)` keeps them)."
             )
-    callback = StageEvaluationCallback(trainer, eval_dataset, eval_levels)
-    # Right after PLRSCallback: the stage's adapter is saved when this evaluates, and later callbacks see the row.
-    trainer.callback_handler.callbacks.insert(1, callback)
-    if args.early_stopping_patience is not None:
-        # Kept by the trainer: its stop ends a stage, where any other stop request ends the curriculum.
-        trainer.stage_early_stopping = EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)
-        trainer.add_callback(trainer.stage_early_stopping)
     logger.info(f"Evaluating each of the levels {levels} at every evaluation and after every stage.")
-    return callback

@@ -23,10 +23,13 @@ construction, with the versions to install, when an upstream release removed one
 The rest of the package uses public API only; `tests/test_trainer_internals.py` greps it to keep it so.
 """
 
+import contextlib
 import copy
 import importlib.metadata
 import os
+import warnings
 
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -103,8 +106,7 @@ class TrainerInternalsMixin:
         # "default" adapter at the checkpoint's root (5.24 loads it): it is loaded here on every version, which
         # makes a stack-mode resume exact on the whole tested range.
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self.reload_trainable_adapter(resume_from_checkpoint)
-        self.plrs_callback.activate_adapters()
+        self.after_checkpoint_load(resume_from_checkpoint)
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         # `SFTTrainer._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)`
@@ -127,6 +129,39 @@ class TrainerInternalsMixin:
     def restore_rng_state(self, checkpoint: str) -> None:
         """Restore the RNG states saved in `checkpoint` (`Trainer._load_rng_state`)."""
         self._load_rng_state(checkpoint)
+
+
+@contextlib.contextmanager
+def quiet_peft_gradient_checkpointing_warning():
+    """
+    Around `SFTTrainer.__init__`: PEFT 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing`, which
+    transformers 5.24 deprecates with a `FutureWarning` about PEFT's code, not the user's. Can go once PEFT reads
+    `is_activation_checkpointing`.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def sft_autocast_adapter_dtype(args, is_quantized: bool) -> bool:
+    """
+    PEFT's `autocast_adapter_dtype` as `SFTTrainer.__init__` passes it when it creates the first adapter (TRL 1.16):
+    `False` under DeepSpeed ZeRO-3 on an unquantized base (adapters in the base's dtype, for ZeRO-3's coalesced
+    gathers), else PEFT's default `True`. Later stages' adapters are created the same way.
+    """
+    return not (args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3 and not is_quantized)
+
+
+def cast_adapter_like_sft(model, is_quantized: bool) -> None:
+    """
+    As `SFTTrainer.__init__` casts the first adapter on a quantized base (TRL 1.16, QLoRA's recommendation): the
+    trainable parameters in bf16. Applied to every later stage's adapter.
+    """
+    if not is_quantized:
+        return
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
 
 
 def pop_accumulated_metrics(trainer: Trainer, split: str) -> dict[str, float]:
@@ -174,7 +209,8 @@ def early_stopped_at_checkpoint(state) -> bool:
     ran_out = any(
         entry["attributes"].get("early_stopping_patience_counter", 0)
         >= entry["args"].get("early_stopping_patience", 1)
-        for entry in entries("EarlyStoppingCallback")
+        for name in ("EarlyStoppingCallback", "StageEarlyStoppingCallback")
+        for entry in entries(name)
     )
     stopped = any(entry["args"].get("should_training_stop") for entry in entries("TrainerControl"))
     return ran_out and stopped

@@ -229,7 +229,7 @@ def main():
         ],
         "stage_begin": report.stage_begin,
         "stage_end": report.stage_end,
-        "stage_summaries": trainer.stage_summaries,
+        "stage_summaries": [summary.to_dict() for summary in trainer.stage_summaries],
         "final_logits": final_logits,
         "probe_batch": {key: value.tolist() for key, value in batch.items()},
         "train_loss": output.training_loss,
