@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -239,3 +240,60 @@ def test_seeded_random_kills_resume_exactly(tmp_path):
     summary = kill_resume.main(["--trials", "10", "--seed", "1", "--output", str(tmp_path / "results.md")])
     assert summary["killed"] >= 8
     assert summary["exact"] == len(summary["trials"]), [trial for trial in summary["trials"] if not trial["exact"]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The typed curriculum state, on its own (`trl_plrs.resume`)
+
+
+def _summary(stage, **kwargs):
+    from trl_plrs.resume import StageSummary
+
+    fields = dict(stage=stage, levels=[stage], rows=8, lora_rank=16 // stage, lora_alpha=32.0 / stage)
+    fields.update(trainable_params=100, steps=4, samples=16, train_loss=0.5, train_runtime=1.25)
+    return StageSummary(**{**fields, **kwargs})
+
+
+def test_curriculum_state_and_summaries_round_trip_through_a_checkpoint(tmp_path):
+    from trl_plrs.resume import CurriculumState, read_checkpoint_state, write_checkpoint_state
+
+    state = CurriculumState(stage=2, stage_start_step=8, adapter_stage=2, frozen_adapters=["frozen_stages"])
+    state.trainable_params, state.epochs_before_stage = 1234, 2.0
+    summaries = [_summary(1, merge_rounding_loss=0.0), _summary(2, eval_per_level={"loss": {"1": 0.5, "2": None}})]
+    fingerprint = {"seed": 7, "stages": [[1], [2], [3]]}
+    write_checkpoint_state(str(tmp_path), fingerprint, state, [0, 3, 5], summaries)
+
+    read_state, read_summaries = read_checkpoint_state(str(tmp_path), fingerprint, lambda index: [0, 3, 5])
+    assert read_state == state and read_summaries == summaries
+    # The optional fields are written only when set, as the list of dicts was.
+    assert "eval_per_level" not in summaries[0].to_dict() and "merge_rounding_loss" not in summaries[1].to_dict()
+
+    with pytest.raises(ValueError, match=r"fields \['seed'\] differ"):
+        read_checkpoint_state(str(tmp_path), {**fingerprint, "seed": 8}, lambda index: [0, 3, 5])
+    with pytest.raises(ValueError, match="the rows of stage 3"):
+        read_checkpoint_state(str(tmp_path), fingerprint, lambda index: [0, 3, 6])
+    with pytest.raises(TypeError):
+        _summary(1, misspelled_key=1)  # a misspelled field fails loudly, where a dict key failed silently
+
+
+def test_curriculum_train_metrics_weigh_each_stage_by_its_steps():
+    from trl_plrs.resume import curriculum_train_metrics
+
+    summaries = [_summary(1, steps=2, train_loss=1.0), _summary(2, steps=6, train_loss=0.5, samples=24)]
+    metrics = curriculum_train_metrics(summaries, first_stage_index=1, start_time=time.time() - 2.0)
+    assert metrics["train_loss"] == pytest.approx((2 * 1.0 + 6 * 0.5) / 8)
+    # A call resumed in stage 2 counts stage 2's samples only: 24 in about 2 s.
+    assert metrics["train_samples_per_second"] == pytest.approx(24 / metrics["train_runtime"], rel=0.01)
+    assert metrics["train_samples_per_second"] == pytest.approx(12, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "steps_in_stage, closed, expected",
+    [(0, False, (0, 0)), (7, False, (1, 6)), (12, False, (3, 0)), (5, True, (3, 0))],
+)
+def test_resumed_stage_position(steps_in_stage, closed, expected):
+    from trl_plrs.resume import resumed_stage_position
+
+    # 12 steps in 3 epochs of 4, gradient accumulation 2: step 7 is epoch 1, 3 steps (6 batches) into it.
+    assert resumed_stage_position(steps_in_stage, closed, 12, 4, 3, True, 2) == expected
+    assert resumed_stage_position(7, False, 12, 4, 3, False, 2) == (1, 0)  # `ignore_data_skip`

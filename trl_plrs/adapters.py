@@ -38,8 +38,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .curriculum import Stage
-
 
 DEFAULT_ADAPTER = "default"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -48,11 +46,6 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 # Stack mode: the one frozen, active adapter that carries every finished stage (see `fuse_into_frozen`).
 FROZEN_ADAPTER = "frozen_stages"
-
-
-def stage_lora_config(peft_config: LoraConfig, stage: Stage) -> LoraConfig:
-    """The user's [`~peft.LoraConfig`] with the stage's rank and alpha."""
-    return replace(peft_config, r=stage.lora_rank, lora_alpha=stage.lora_alpha)
 
 
 def named_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:

@@ -37,11 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from .adapters import gathered_parameters
 from .checkpointing import atomic_path, read_json, write_json_atomic
 from .fingerprint import as_json, data_fingerprint
+
+
+logger = get_logger(__name__)
 
 
 DIFFICULTY_METHODS = ("base_loss", "length")
@@ -268,6 +273,12 @@ def compute_levels(
         levels, thresholds = levels_from_scores(scores, num_levels)
         if should_save:
             write_difficulty(output_dir, key, dataset[DIFFICULTY_ROW_COLUMN], scores, levels, thresholds)
+    sizes = [levels.count(level) for level in range(1, num_levels + 1)]
+    logger.info(
+        f"{'Read the' if saved is not None else 'Computed'} difficulty levels by {method} "
+        f"{'from' if saved is not None else 'and wrote them to'} {os.path.join(output_dir, DIFFICULTY_CSV)}: "
+        f"{sizes} rows in levels 1-{num_levels} (thresholds {[round(t, 4) for t in thresholds]})."
+    )
     eval_levels = bin_scores(score(eval_dataset, "eval"), thresholds) if isinstance(eval_dataset, Dataset) else None
     record = {"method": method, "num_levels": num_levels, "thresholds": thresholds}
     return ComputedLevels(levels, eval_levels, record, read_back=saved is not None)
@@ -315,13 +326,9 @@ def scoring_model(model, device: torch.device, quantized: bool):
     (`zero.Init`), gathered whole on every process; on the accelerator when DeepSpeed left it on the CPU.
     """
     params = list(model.parameters())
-    gathered = contextlib.nullcontext()
-    if any(hasattr(param, "ds_id") for param in params):
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(params)
-    elif not quantized and params and params[0].device.type == "cpu" and device.type != "cpu":
+    partitioned = any(hasattr(param, "ds_id") for param in params)
+    if not partitioned and not quantized and params and params[0].device.type == "cpu" and device.type != "cpu":
         model.to(device)
     disabled = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    with gathered, disabled:
+    with gathered_parameters(params, modify=False), disabled:
         yield model

@@ -21,6 +21,7 @@ from trl import SFTConfig
 
 from .curriculum import PRESETS, normalize_curriculum_stages, normalize_lora_ranks, parse_replay
 from .difficulty import DIFFICULTY_METHODS, method_name
+from .trainer_internals import move_to_activation_checkpointing
 from .transitions import ADAPTER_TRANSITIONS
 
 
@@ -229,17 +230,8 @@ class PLRSConfig(SFTConfig):
         return state
 
     def __post_init__(self):
-        # TRL turns bf16 on when it is unset, which fails on a machine without a bf16 GPU: there, train in fp32.
-        bf16_chosen = None
-        if self.bf16 is None and not self.fp16:
-            bf16_chosen = self.bf16 = is_torch_bf16_gpu_available()
-        # transformers >= 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` and warns on the old name,
-        # which TRL sets by default: pass the value on under the new name.
-        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
-            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
-            if self.gradient_checkpointing_kwargs is not None and self.activation_checkpointing_kwargs is None:
-                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
-                self.gradient_checkpointing_kwargs = None
+        bf16_chosen = self._choose_precision()
+        move_to_activation_checkpointing(self)
         # Pinned memory only serves copies to an accelerator; without one torch warns at every stage's dataloader.
         if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
             self.dataloader_pin_memory = False
@@ -251,6 +243,20 @@ class PLRSConfig(SFTConfig):
                 else "`bf16` unset and no GPU with bf16 here: training in fp32. Set `bf16=True` (with `use_cpu=True` "
                 "on a CPU) to use bf16 autocast anyway."
             )
+        self._check_plan()
+        self._check_difficulty()
+        self._check_stage_evaluation()
+        self._check_early_stopping()
+
+    def _choose_precision(self) -> bool | None:
+        """TRL turns bf16 on when it is unset, which fails on a machine without a bf16 GPU: there, train in fp32."""
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = is_torch_bf16_gpu_available()
+            return self.bf16
+        return None
+
+    def _check_plan(self) -> None:
+        """`plrs_preset`, `adapter_transition`, `lora_alpha_ratio`, and the stages, ranks and replay (normalized)."""
         if self.plrs_preset is not None and self.plrs_preset not in PRESETS:
             raise ValueError(
                 f"`plrs_preset` must be one of {list(PRESETS)}, but the value passed is {self.plrs_preset!r}. "
@@ -273,6 +279,12 @@ class PLRSConfig(SFTConfig):
                     "Use e.g. 2.0 (alpha = 2r, as in the paper), or None for the preset's ratio or the peft_config's."
                 )
             self.lora_alpha_ratio = ratio
+        self.curriculum_stages = normalize_curriculum_stages(self.curriculum_stages)
+        self.lora_ranks = normalize_lora_ranks(self.lora_ranks)
+        self.replay = parse_replay(self.replay)
+
+    def _check_difficulty(self) -> None:
+        """`curriculum_difficulty` and `curriculum_num_levels`."""
         difficulty = self.curriculum_difficulty
         if difficulty is not None and not callable(difficulty) and difficulty not in DIFFICULTY_METHODS:
             raise ValueError(
@@ -288,37 +300,15 @@ class PLRSConfig(SFTConfig):
                 f"`curriculum_num_levels` must be a positive integer, but the value passed is {levels!r}. Use e.g. 5 "
                 "(as MATH's levels)."
             )
-        self.curriculum_stages = normalize_curriculum_stages(self.curriculum_stages)
-        self.lora_ranks = normalize_lora_ranks(self.lora_ranks)
-        self.replay = parse_replay(self.replay)
+
+    def _check_stage_evaluation(self) -> None:
+        """The `stage_eval_*` fields."""
         for name in ("stage_eval_max_problems_per_level", "stage_eval_max_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
                     f"`{name}` must be a positive integer, but the value passed is {value!r}. Use e.g. "
                     f"{self.__dataclass_fields__[name].default} (the default)."
-                )
-        patience = self.early_stopping_patience
-        if patience is not None:
-            if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-                raise ValueError(
-                    f"`early_stopping_patience` must be a positive integer or None, but the value passed is "
-                    f"{patience!r}. Use e.g. 2 (the paper's value), or None to train every stage to the end."
-                )
-            if self.eval_strategy == "no":
-                raise ValueError(
-                    f"`early_stopping_patience={patience}` needs evaluations during each stage, but `eval_strategy` is "
-                    "'no'. Set `eval_strategy='epoch'` (as in the paper) or 'steps', and the same `save_strategy` with "
-                    "`load_best_model_at_end=True` to continue each stage from its best checkpoint."
-                )
-            if self.metric_for_best_model is None:
-                self.metric_for_best_model = "loss"
-                self.greater_is_better = False
-            if not self.load_best_model_at_end:
-                logger.warning(
-                    f"`early_stopping_patience={patience}` without `load_best_model_at_end=True`: each stage stops "
-                    "early but keeps its last weights, not its best. Set `load_best_model_at_end=True` (with "
-                    "`save_strategy` equal to `eval_strategy`) to continue from the best checkpoint, as the paper did."
                 )
         if self.stage_eval_per_level is False:
             asked = [
@@ -331,3 +321,29 @@ class PLRSConfig(SFTConfig):
                     f"`stage_eval_per_level=False` turns off the evaluation per level, which {asked} need. Leave "
                     "`stage_eval_per_level` unset (or True), or unset those fields."
                 )
+
+    def _check_early_stopping(self) -> None:
+        """`early_stopping_patience` and what it needs (evaluations; a metric; ideally the best checkpoint)."""
+        patience = self.early_stopping_patience
+        if patience is None:
+            return
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(
+                f"`early_stopping_patience` must be a positive integer or None, but the value passed is "
+                f"{patience!r}. Use e.g. 2 (the paper's value), or None to train every stage to the end."
+            )
+        if self.eval_strategy == "no":
+            raise ValueError(
+                f"`early_stopping_patience={patience}` needs evaluations during each stage, but `eval_strategy` is "
+                "'no'. Set `eval_strategy='epoch'` (as in the paper) or 'steps', and the same `save_strategy` with "
+                "`load_best_model_at_end=True` to continue each stage from its best checkpoint."
+            )
+        if self.metric_for_best_model is None:
+            self.metric_for_best_model = "loss"
+            self.greater_is_better = False
+        if not self.load_best_model_at_end:
+            logger.warning(
+                f"`early_stopping_patience={patience}` without `load_best_model_at_end=True`: each stage stops "
+                "early but keeps its last weights, not its best. Set `load_best_model_at_end=True` (with "
+                "`save_strategy` equal to `eval_strategy`) to continue from the best checkpoint, as the paper did."
+            )

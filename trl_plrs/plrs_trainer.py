@@ -25,7 +25,6 @@ import dataclasses
 import gc
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -37,14 +36,14 @@ from peft import LoraConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainerState
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import TrainOutput, speed_metrics
+from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
-from .adapters import ADAPTER_CONFIG_NAME, DEFAULT_ADAPTER, adapter_state_dict, concatenate_lora_adapters, lora_layers
+from .adapters import ADAPTER_CONFIG_NAME, DEFAULT_ADAPTER, lora_layers
 from .callbacks import CurriculumCallbackHandler, PLRSCallback
-from .checkpointing import atomic_path, install_files, remove_staging_leftovers
-from .curriculum import Stage, build_stages, dataset_levels, resolve_replay
-from .difficulty import DIFFICULTY_CSV, compute_levels, score_rows
+from .checkpointing import remove_staging_leftovers
+from .curriculum import Stage, build_stages, resolve_replay
+from .difficulty import compute_levels, score_rows
 from .fingerprint import data_fingerprint, model_fingerprint, training_fingerprint
 from .model_card import PAPER_BIBTEX, PAPER_TITLE, curriculum_card_section, insert_card_section, model_name
 from .plrs_config import PLRSConfig
@@ -55,17 +54,26 @@ from .resume import (
     StageSummary,
     checkpoint_to_resume,
     curriculum_fingerprint,
+    curriculum_train_metrics,
     read_checkpoint_state,
+    resumed_stage_position,
     write_checkpoint_state,
 )
 from .stage_data import (
     check_every_stage_trains,
     pack_stage_rows,
     prepare_for_computed_levels,
+    prepared_row_levels,
     select_leveled_rows,
     stage_rows,
+    warn_unused_levels,
 )
-from .stage_evaluation import StageEarlyStoppingCallback, StageEvaluationCallback, stage_evaluation_levels
+from .stage_evaluation import (
+    StageEarlyStoppingCallback,
+    StageEvaluationCallback,
+    find_stage_early_stopping,
+    stage_evaluation_levels,
+)
 from .trainer_internals import (
     TrainerInternalsMixin,
     check_trainer_internals,
@@ -81,6 +89,8 @@ from .transitions import (
     check_first_stage_adapter,
     check_lora_targets,
     check_peft_config,
+    check_requested_transition,
+    export_combined_adapter,
     resolve_adapter_transition,
     stage_dir,
     stage_lora_config,
@@ -216,12 +226,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "set `optim`/`lr_scheduler_type` in the `PLRSConfig` instead."
             )
         self.is_quantized = is_quantized(model, args.model_init_kwargs, quantization_config)
-        if self.is_quantized and args.adapter_transition == "merge":
-            raise ValueError(
-                "`adapter_transition='merge'` cannot be used with a quantized (4-bit or 8-bit) base model: merging "
-                "a finished adapter into quantized weights would round it away. Use `adapter_transition='auto'` (the "
-                "default) or 'stack', which keep finished adapters frozen and active beside the new one."
-            )
+        check_requested_transition(args.adapter_transition, self.is_quantized)
         return args
 
     def _plan_stages(self, train_dataset, eval_dataset, args: PLRSConfig, peft_config: LoraConfig):
@@ -241,12 +246,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             default_alpha=peft_config.lora_alpha,
             preset=args.plrs_preset,
         )
-        unused_levels = sorted(set(row_levels) - {level for stage in self.stages for level in stage.levels})
-        if unused_levels:
-            logger.warning(
-                f"The training dataset has rows of levels {unused_levels}, which no stage of `curriculum_stages` "
-                f"({args.curriculum_stages}) trains on. Add them to a stage to use them."
-            )
+        warn_unused_levels(row_levels, self.stages, args)
         self.replay = resolve_replay(args.replay, args.plrs_preset)
         self.stage_peft_config = peft_config
         self.curriculum_state = CurriculumState()
@@ -267,20 +267,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.difficulty = None
         if args.curriculum_difficulty is not None:
             self._assign_difficulty_levels()
-        if args.curriculum_column not in self.curriculum_dataset.column_names:
-            raise ValueError(
-                f"The prepared training dataset lost the `curriculum_column` {args.curriculum_column!r} (columns: "
-                f"{self.curriculum_dataset.column_names}). Keep that column in the dataset you pass; with "
-                "`skip_prepare_dataset=True`, keep it beside `input_ids`."
-            )
-        self.row_levels = dataset_levels(self.curriculum_dataset, args.curriculum_column)
-        dropped = rows_passed - len(self.curriculum_dataset)
-        if dropped > 0:
-            logger.warning(
-                f"Dataset preparation dropped {dropped} of {rows_passed:,} training rows (rows whose completion "
-                f"was truncated away by `max_length={args.max_length}`, which would train on nothing). Raise "
-                "`max_length` to keep them."
-            )
+        self.row_levels = prepared_row_levels(self.curriculum_dataset, rows_passed, args)
         check_every_stage_trains(self.stages, self.row_levels, self.replay, args)
         check_lora_targets(list(lora_layers(self.model)), self.stage_peft_config)
         self.adapter_transition = resolve_adapter_transition(
@@ -338,16 +325,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             read_saved=self._decided_on_main_process,
             should_save=args.should_save,
         )
-        if computed.read_back:
-            logger.info(f"Read the difficulty levels of this data and model from {args.output_dir}.")
         self.difficulty = computed.record
-        levels, column = computed.train_levels, args.curriculum_column
-        self.curriculum_dataset = self.train_dataset = self.curriculum_dataset.add_column(column, levels)
-        sizes = [levels.count(level) for level in range(1, args.curriculum_num_levels + 1)]
-        logger.info(
-            f"Difficulty levels by {computed.record['method']}: {sizes} rows in levels 1-{args.curriculum_num_levels} "
-            f"(thresholds {[round(t, 4) for t in computed.record['thresholds']]}), written to "
-            f"{os.path.join(args.output_dir, DIFFICULTY_CSV)}."
+        column = args.curriculum_column
+        self.curriculum_dataset = self.train_dataset = self.curriculum_dataset.add_column(
+            column, computed.train_levels
         )
         if computed.eval_levels is not None:
             self.eval_dataset = self.eval_dataset.add_column(column, computed.eval_levels)
@@ -541,18 +522,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
 
     @property
     def stage_early_stopping(self) -> StageEarlyStoppingCallback | None:
-        """
-        The early stopping of `early_stopping_patience`, whose stop ends only its stage. Looked up among the callbacks
-        each time: with `restore_callback_states_from_checkpoint`, a resume replaces it by a new instance.
-        """
-        return next(
-            (
-                callback
-                for callback in self.callback_handler.callbacks
-                if isinstance(callback, StageEarlyStoppingCallback)
-            ),
-            None,
-        )
+        """The early stopping of `early_stopping_patience` (looked up: a resume may have replaced the instance)."""
+        return find_stage_early_stopping(self.callback_handler.callbacks)
 
     @property
     def trained_stages(self) -> list[Stage]:
@@ -577,20 +548,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
 
     def _curriculum_metrics(self, start_time: float, first_stage_index: int) -> dict[str, float]:
         """The train metrics of the whole curriculum, as `SFTTrainer.train` reports them for one training."""
-        summaries = self.stage_summaries
-        total_steps = sum(summary.steps for summary in summaries)
-        train_loss = sum(summary.train_loss * summary.steps for summary in summaries) / max(total_steps, 1)
-        # Samples and steps of the stages run by this call (a resumed run does not count the earlier ones).
-        this_call = [summary for summary in summaries if summary.stage > first_stage_index]
-        metrics = speed_metrics(
-            "train",
-            start_time,
-            num_samples=sum(summary.samples for summary in this_call),
-            num_steps=sum(summary.steps for summary in this_call),
-        )
-        metrics["total_flos"] = self.state.total_flos
-        metrics["train_loss"] = train_loss
-        return metrics
+        metrics = curriculum_train_metrics(self.stage_summaries, first_stage_index, start_time)
+        train_loss = metrics.pop("train_loss")
+        return {**metrics, "total_flos": self.state.total_flos, "train_loss": train_loss}
 
     def _call_stage_event(self, event: str, stage: Stage, **kwargs) -> None:
         self.control = getattr(self.callback_handler, event)(
@@ -626,20 +586,15 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 self.curriculum_state.epochs_before_stage += previous.epoch or 0.0
             self.curriculum_state.stage_start_step = previous.global_step
         else:
-            # The checkpoint's `global_step` counts every stage; the data to skip is counted within this stage.
-            steps_in_stage = self.state.global_step - self.curriculum_state.stage_start_step
-            if steps_in_stage >= max_steps or early_stopped_at_checkpoint(self.state):
-                # The checkpoint closed its stage: its last step, or the step at which early stopping ended it. The
-                # Trainer's loop would still run a step (its stop flag is set only at a step's end, and the saved
-                # early-stopping state is not a stop): no epoch is left to run instead. The stage then ends as it did,
-                # loading its best checkpoint with `load_best_model_at_end`.
-                epochs_trained, steps_trained_in_current_epoch = num_train_epochs, 0
-            else:
-                epochs_trained = steps_in_stage // num_update_steps_per_epoch
-                steps_trained_in_current_epoch = 0
-                if not self.args.ignore_data_skip:
-                    steps_in_epoch = steps_in_stage % num_update_steps_per_epoch
-                    steps_trained_in_current_epoch = steps_in_epoch * self.args.gradient_accumulation_steps
+            epochs_trained, steps_trained_in_current_epoch = resumed_stage_position(
+                steps_in_stage=self.state.global_step - self.curriculum_state.stage_start_step,
+                stage_closed=early_stopped_at_checkpoint(self.state),
+                max_steps=max_steps,
+                num_update_steps_per_epoch=num_update_steps_per_epoch,
+                num_train_epochs=num_train_epochs,
+                skip_data=not self.args.ignore_data_skip,
+                gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            )
         self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
         return epochs_trained, steps_trained_in_current_epoch
 
@@ -741,20 +696,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             self.state.epoch = stage_epoch
 
     def save_stage_adapter(self, output_dir: str) -> None:
-        """
-        Save the trainable adapter alone, as a standard PEFT adapter in fp32, to `output_dir`.
-
-        Under DeepSpeed only the adapter's weights are gathered (the optimizer's fp32 master weights in a bf16/fp16
-        run), whatever `stage3_gather_16bit_weights_on_model_save` says: a collective call, made on every rank.
-        """
-        state_dict = (
-            adapter_state_dict(self.model, DEFAULT_ADAPTER, deepspeed_enabled=True)
-            if self.is_deepspeed_enabled
-            else None
-        )
-        if self.args.should_save:
-            with atomic_path(output_dir) as tmp:
-                self.model.save_pretrained(tmp, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])
+        """Save the trainable adapter alone, as a standard PEFT adapter in fp32, to `output_dir` (every rank calls)."""
+        self.stage_adapters.save_trainable(output_dir, self.is_deepspeed_enabled, self.args.should_save)
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -770,16 +713,12 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         if self.args.should_save:
             stage_dirs = [stage_dir(self.args.output_dir, stage.number) for stage in self.trained_stages]
             self.create_model_card(model_name=model_name(self.args))  # TRL writes it to `args.output_dir`
-            os.makedirs(output_dir, exist_ok=True)
-            # Written whole in a staging folder, then installed with the adapter config last: a crash leaves the
-            # previous adapter or none, never new weights beside an old config.
-            with tempfile.TemporaryDirectory(prefix=".final-adapter-", suffix=".tmp", dir=output_dir) as staging:
-                concatenate_lora_adapters(stage_dirs, staging)
-                self.processing_class.save_pretrained(staging)
-                torch.save(self.args, os.path.join(staging, TRAINING_ARGS_NAME))
-                if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
-                    shutil.copy(os.path.join(self.args.output_dir, "README.md"), os.path.join(staging, "README.md"))
-                install_files(staging, output_dir, entry_point=ADAPTER_CONFIG_NAME)
+            extra_files = {TRAINING_ARGS_NAME: lambda path: torch.save(self.args, path)}
+            if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+                extra_files["README.md"] = lambda path: shutil.copy(
+                    os.path.join(self.args.output_dir, "README.md"), path
+                )
+            export_combined_adapter(stage_dirs, output_dir, self.processing_class, extra_files)
         self.accelerator.wait_for_everyone()
 
 

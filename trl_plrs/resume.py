@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accelerate.logging import get_logger
+from transformers.trainer_utils import speed_metrics
 
 from .checkpointing import CURRICULUM_STATE_NAME, complete_checkpoints, read_json, write_json_atomic
 from .fingerprint import as_json, fingerprint_differences
@@ -214,3 +215,49 @@ def read_checkpoint_state(checkpoint: str, fingerprint, stage_rows) -> tuple[Cur
             "data and code of the run that wrote the checkpoint."
         )
     return state, [StageSummary.from_dict(summary) for summary in saved["stage_summaries"]]
+
+
+def resumed_stage_position(
+    steps_in_stage: int,
+    stage_closed: bool,
+    max_steps: int,
+    num_update_steps_per_epoch: int,
+    num_train_epochs: int,
+    skip_data: bool,
+    gradient_accumulation_steps: int,
+) -> tuple[int, int]:
+    """
+    Where a resumed stage's loop starts: `(epochs_trained, steps_trained_in_current_epoch)` within the stage (a
+    checkpoint's `global_step` counts every stage). A checkpoint that closed its stage (its last step, or
+    `stage_closed`: the step at which early stopping ended it) leaves no epoch to run: the Trainer's loop would still
+    run a step (its stop flag is set only at a step's end, and a saved early-stopping state is no stop), and the stage
+    then ends as it did, loading its best checkpoint with `load_best_model_at_end`.
+
+    >>> resumed_stage_position(7, False, 12, 4, 3, True, 2)
+    (1, 6)
+    """
+    if steps_in_stage >= max_steps or stage_closed:
+        return num_train_epochs, 0
+    epochs_trained = steps_in_stage // num_update_steps_per_epoch
+    steps_in_epoch = steps_in_stage % num_update_steps_per_epoch if skip_data else 0
+    return epochs_trained, steps_in_epoch * gradient_accumulation_steps
+
+
+def curriculum_train_metrics(
+    summaries: list[StageSummary], first_stage_index: int, start_time: float
+) -> dict[str, float]:
+    """
+    The train metrics of a whole curriculum, as `SFTTrainer.train` reports them for one training: the loss averaged
+    over every step of every stage; the speed of the stages run by this call (a resumed run does not count the
+    earlier ones) since `start_time`.
+    """
+    total_steps = sum(summary.steps for summary in summaries)
+    this_call = [summary for summary in summaries if summary.stage > first_stage_index]
+    metrics = speed_metrics(
+        "train",
+        start_time,
+        num_samples=sum(summary.samples for summary in this_call),
+        num_steps=sum(summary.steps for summary in this_call),
+    )
+    metrics["train_loss"] = sum(summary.train_loss * summary.steps for summary in summaries) / max(total_steps, 1)
+    return metrics

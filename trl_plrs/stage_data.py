@@ -142,3 +142,35 @@ def pack_stage_rows(rows: Dataset, args) -> Dataset:
         map_kwargs["num_proc"] = args.dataset_num_proc
     packed = pack_dataset(rows, args.max_length, args.packing_strategy, map_kwargs)
     return packed.shuffle(seed=args.seed) if args.shuffle_dataset else packed
+
+
+def warn_unused_levels(row_levels: list[int], stages: list[Stage], args) -> None:
+    """Warn about levels that have rows but no stage."""
+    unused = sorted(set(row_levels) - {level for stage in stages for level in stage.levels})
+    if unused:
+        logger.warning(
+            f"The training dataset has rows of levels {unused}, which no stage of `curriculum_stages` "
+            f"({args.curriculum_stages}) trains on. Add them to a stage to use them."
+        )
+
+
+def prepared_row_levels(prepared: Dataset, rows_passed: int, args) -> list[int]:
+    """
+    The level of every prepared (tokenized) training row, read again after preparation, which may drop rows (a
+    completion that truncation removed entirely: reported) but must keep the `curriculum_column`.
+    """
+    column = args.curriculum_column
+    if column not in prepared.column_names:
+        raise ValueError(
+            f"The prepared training dataset lost the `curriculum_column` {column!r} (columns: "
+            f"{prepared.column_names}). Keep that column in the dataset you pass; with "
+            "`skip_prepare_dataset=True`, keep it beside `input_ids`."
+        )
+    dropped = rows_passed - len(prepared)
+    if dropped > 0:
+        logger.warning(
+            f"Dataset preparation dropped {dropped} of {rows_passed:,} training rows (rows whose completion "
+            f"was truncated away by `max_length={args.max_length}`, which would train on nothing). Raise "
+            "`max_length` to keep them."
+        )
+    return dataset_levels(prepared, column)

@@ -65,6 +65,11 @@ class StageEarlyStoppingCallback(EarlyStoppingCallback):
     """
 
 
+def find_stage_early_stopping(callbacks) -> StageEarlyStoppingCallback | None:
+    """The [`StageEarlyStoppingCallback`] among `callbacks`, if any."""
+    return next((callback for callback in callbacks if isinstance(callback, StageEarlyStoppingCallback)), None)
+
+
 class StageEvaluationCallback(CurriculumCallback):
     """
     Evaluates a [`CurriculumSFTTrainer`] on each level of its `eval_dataset` and keeps the forgetting matrix; created

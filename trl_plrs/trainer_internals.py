@@ -131,6 +131,20 @@ class TrainerInternalsMixin:
         self._load_rng_state(checkpoint)
 
 
+def move_to_activation_checkpointing(args) -> None:
+    """
+    transformers 5.24 renamed `TrainingArguments.gradient_checkpointing` to `activation_checkpointing` and warns on
+    the old name, which TRL 1.16's `SFTConfig` sets by default: the value is passed on under the new name (and its
+    kwargs with it) before `TrainingArguments.__post_init__` warns. A no-op on 5.20-5.23, which have no
+    `activation_checkpointing`; can go once TRL sets the new name.
+    """
+    if getattr(args, "activation_checkpointing", False) is None and args.gradient_checkpointing is not None:
+        args.activation_checkpointing, args.gradient_checkpointing = args.gradient_checkpointing, None
+        if args.gradient_checkpointing_kwargs is not None and args.activation_checkpointing_kwargs is None:
+            args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs
+            args.gradient_checkpointing_kwargs = None
+
+
 @contextlib.contextmanager
 def quiet_peft_gradient_checkpointing_warning():
     """

@@ -27,6 +27,8 @@ keeps `merge`/`unmerge` together on the layer that owns the weights.
 
 import dataclasses
 import os
+import tempfile
+from collections.abc import Callable
 
 import torch
 from accelerate.logging import get_logger
@@ -34,17 +36,21 @@ from peft import LoraConfig, PeftConfig, PeftModel
 from torch import nn
 
 from .adapters import (
+    ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER,
     FROZEN_ADAPTER,
     activate_stage_adapters,
+    adapter_state_dict,
     add_stage_adapter,
+    concatenate_lora_adapters,
     fuse_into_frozen,
     lora_layers,
     merge_adapter_into_base,
     named_lora_layers,
     upcast_base_weights,
 )
+from .checkpointing import atomic_path, install_files
 from .curriculum import Stage
 from .trainer_internals import cast_adapter_like_sft
 
@@ -142,6 +148,16 @@ def free_device_memory(device: torch.device) -> int | None:
 def fp32_copy_fits(copy_bytes: int, free_bytes: int | None, max_share: float = FP32_COPY_MAX_SHARE) -> bool:
     """Whether an fp32 copy of `copy_bytes` takes at most `max_share` of `free_bytes` (unknown free memory: yes)."""
     return free_bytes is None or copy_bytes <= max_share * free_bytes
+
+
+def check_requested_transition(requested: str, is_quantized: bool) -> None:
+    """Refuse, before the model is loaded, a transition that cannot keep learning on the base."""
+    if is_quantized and requested == "merge":
+        raise ValueError(
+            "`adapter_transition='merge'` cannot be used with a quantized (4-bit or 8-bit) base model: merging "
+            "a finished adapter into quantized weights would round it away. Use `adapter_transition='auto'` (the "
+            "default) or 'stack', which keep finished adapters frozen and active beside the new one."
+        )
 
 
 def resolve_adapter_transition(model: PeftModel, args, is_quantized: bool, device: torch.device) -> str:
@@ -297,6 +313,20 @@ class StageAdapters:
         self.add(stages[stage_index])
         return losses
 
+    def save_trainable(self, output_dir: str, deepspeed_enabled: bool, should_save: bool) -> None:
+        """
+        Save the trainable adapter alone, as a standard PEFT adapter, to `output_dir` (atomically, if `should_save`).
+
+        Under DeepSpeed only the adapter's weights are gathered (the optimizer's fp32 master weights in a bf16/fp16
+        run), whatever `stage3_gather_16bit_weights_on_model_save` says: a collective call, made on every rank.
+        """
+        state_dict = (
+            adapter_state_dict(self.model, DEFAULT_ADAPTER, deepspeed_enabled=True) if deepspeed_enabled else None
+        )
+        if should_save:
+            with atomic_path(output_dir) as tmp:
+                self.model.save_pretrained(tmp, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])
+
     def reload_trainable(self, checkpoint: str) -> None:
         """Load the trainable `"default"` adapter's weights from `checkpoint` (stack mode, where it sits at the root)."""
         if self.frozen and os.path.isfile(os.path.join(checkpoint, ADAPTER_WEIGHTS_NAME)):
@@ -340,6 +370,24 @@ class StageAdapters:
         model.load_adapter(adapter_dir, adapter_name=DEFAULT_ADAPTER)
         model.set_adapter(DEFAULT_ADAPTER)
         model.delete_adapter(COMBINED_ADAPTER)
+
+
+def export_combined_adapter(
+    stage_dirs: list[str], output_dir: str, processing_class, extra_files: dict[str, Callable[[str], object]]
+) -> None:
+    """
+    Write to `output_dir` the combined adapter of the stage adapters in `stage_dirs`
+    ([`~trl_plrs.adapters.concatenate_lora_adapters`]), the tokenizer, and each of `extra_files` (`name: write(path)`).
+    Everything is written whole in a staging folder, then installed with the adapter config last: a crash leaves the
+    previous adapter or none, never new weights beside an old config.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".final-adapter-", suffix=".tmp", dir=output_dir) as staging:
+        concatenate_lora_adapters(stage_dirs, staging)
+        processing_class.save_pretrained(staging)
+        for name, write in extra_files.items():
+            write(os.path.join(staging, name))
+        install_files(staging, output_dir, entry_point=ADAPTER_CONFIG_NAME)
 
 
 # Checks of the LoRA settings --------------------------------------------------------------------------------------

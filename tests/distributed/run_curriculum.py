@@ -43,7 +43,7 @@ from trl_plrs import (
     CurriculumCallback,
     CurriculumSFTTrainer,
     PLRSConfig,
-    plrs_trainer,  # its `base_loss_scores` is wrapped to count the rows each process scores
+    difficulty,  # its `base_loss_scores` is wrapped to count the rows each process scores
 )
 from trl_plrs.adapters import (
     DEFAULT_ADAPTER,
@@ -165,13 +165,13 @@ def main():
     scored_rows = []
     if args.curriculum_difficulty is not None:
         dataset = dataset.remove_columns("level")  # the levels are computed
-        score = plrs_trainer.base_loss_scores
+        score = difficulty.base_loss_scores
 
         def counting_base_loss_scores(model, rows, **kwargs):
             scored_rows.append(len(rows))  # the rows this process scores
             return score(model, rows, **kwargs)
 
-        plrs_trainer.base_loss_scores = counting_base_loss_scores
+        difficulty.base_loss_scores = counting_base_loss_scores
 
     training_args = PLRSConfig(
         output_dir=args.output_dir,

@@ -29,6 +29,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from accelerate import PartialState
@@ -259,6 +260,44 @@ def evaluate_math(
         `dict`: The [`~trl_plrs.math.grading.accuracy_report`] of all rows of `dataset`, plus `num_generated` (rows generated
         in this call) and `num_resumed` (rows read back from the CSV).
     """
+    _check_evaluation_arguments(model, dataset, batch_size, max_new_tokens, backend, adapter_path)
+    rows = _ProblemRows.of(dataset)
+    state = PartialState()
+    sharded = state.num_processes > 1 and shard_across_processes is not False
+    results = _resumed_rows(output_dir, rows.unique_ids, sharded)
+    todo = [index for index, unique_id in enumerate(rows.unique_ids) if unique_id not in results]
+    if results:
+        logger.info(f"Resuming: {len(results)} rows already in {output_dir}, {len(todo)} to generate.")
+    # Longest prompts first: a batch of similar lengths pads less, and the slowest batches start first. Every process
+    # takes every n-th prompt of that order, so the shares are balanced.
+    todo.sort(key=lambda index: -len(rows.problems[index]))
+    mine = todo[state.process_index :: state.num_processes] if sharded else todo
+    # Each process appends its rows as batches finish: to the CSV itself, or to its part file when sharded.
+    name = PART_FILENAME.format(rank=state.process_index) if sharded else PREDICTIONS_FILENAME
+    part_path = os.path.join(output_dir, name) if output_dir is not None else None
+    generate = _completion_generator(
+        model, tokenizer, max_new_tokens, system_prompt, backend, adapter_path, vllm_kwargs, mine
+    )
+    with _appending_predictions(part_path) as append, generate as complete:
+        new_rows = []
+        batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+        for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not show_progress):
+            graded = rows.graded(batch, complete([rows.problems[index] for index in batch]))
+            append(graded)
+            new_rows += graded
+    if sharded:
+        new_rows = gather_object(new_rows)  # every process gets every row, in rank order
+    results.update({row["unique_id"]: row for row in new_rows})
+    ordered = [results[unique_id] for unique_id in rows.unique_ids]
+    extra = {"num_generated": len(todo), "num_resumed": len(rows.unique_ids) - len(todo)}
+    writes = output_dir is not None and (state.is_main_process or not sharded)
+    report = _write_final_files(output_dir, ordered, extra) if writes else {**extra, **accuracy_report(ordered)}
+    if sharded:
+        state.wait_for_everyone()
+    return report
+
+
+def _check_evaluation_arguments(model, dataset, batch_size, max_new_tokens, backend, adapter_path) -> None:
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, but the value passed is {batch_size}.")
     if backend not in ("hf", "vllm"):
@@ -283,99 +322,88 @@ def evaluate_math(
             f"`dataset` needs a `problem` column and an `answer` or `solution` column, but has {dataset.column_names}. "
             "Load it with `trl_plrs.data.load_math`."
         )
-    columns = dataset.column_names
-    unique_ids = (
-        [str(value) for value in dataset["unique_id"]]
-        if "unique_id" in columns
-        else [str(i) for i in range(len(dataset))]
-    )
-    if len(set(unique_ids)) != len(unique_ids):
-        raise ValueError("`dataset` has duplicate `unique_id` values; they must be unique for the CSV to resume.")
-    golds = (
-        list(dataset["answer"])
-        if "answer" in columns
-        else [extract_boxed_answer(solution) for solution in dataset["solution"]]
-    )
-    levels = dataset["level"] if "level" in columns else [""] * len(dataset)
-    types = dataset["type"] if "type" in columns else [""] * len(dataset)
-    problems = dataset["problem"]
 
-    state = PartialState()
-    sharded = state.num_processes > 1 and shard_across_processes is not False
-    csv_path = None
+
+@dataclass
+class _ProblemRows:
+    """The columns of the evaluated rows that the predictions CSV carries, and the grading of completions."""
+
+    unique_ids: list[str]
+    golds: list[str]
+    levels: list
+    types: list
+    problems: list[str]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> "_ProblemRows":
+        columns = dataset.column_names
+        unique_ids = (
+            [str(value) for value in dataset["unique_id"]]
+            if "unique_id" in columns
+            else [str(i) for i in range(len(dataset))]
+        )
+        if len(set(unique_ids)) != len(unique_ids):
+            raise ValueError("`dataset` has duplicate `unique_id` values; they must be unique for the CSV to resume.")
+        golds = (
+            list(dataset["answer"])
+            if "answer" in columns
+            else [extract_boxed_answer(solution) for solution in dataset["solution"]]
+        )
+        levels = dataset["level"] if "level" in columns else [""] * len(dataset)
+        types = dataset["type"] if "type" in columns else [""] * len(dataset)
+        return cls(unique_ids, golds, levels, types, dataset["problem"])
+
+    def graded(self, indices: list[int], completions: list[str]) -> list[dict]:
+        return [
+            {
+                "unique_id": self.unique_ids[index],
+                "level": self.levels[index],
+                "type": self.types[index],
+                "problem": self.problems[index],
+                "gold": self.golds[index],
+                "completion": completion,
+                **grade_completion(completion, self.golds[index]),
+            }
+            for index, completion in zip(indices, completions, strict=True)
+        ]
+
+
+def _resumed_rows(output_dir: str | None, unique_ids: list[str], sharded: bool) -> dict[str, dict]:
+    """The rows of `unique_ids` already in `output_dir`'s CSV or in the part files of an interrupted sharded run."""
     done: dict[str, dict] = {}
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         csv_path = os.path.join(output_dir, PREDICTIONS_FILENAME)
-        # The finished CSV, and the rows each process of an interrupted data-parallel run had written.
         for path in [csv_path, *sorted(glob.glob(os.path.join(output_dir, PART_FILENAME_PATTERN)))]:
             done.update({row["unique_id"]: row for row in _read_predictions(path)})
     wanted = set(unique_ids)
-    results: dict[str, dict] = {uid: row for uid, row in done.items() if uid in wanted}
-    if sharded:
-        # The main process's view of what is done decides every process's share.
-        results = broadcast_object_list([results])[0]
-    todo = [index for index, unique_id in enumerate(unique_ids) if unique_id not in results]
-    if results:
-        logger.info(f"Resuming: {len(results)} rows already in {output_dir}, {len(todo)} to generate.")
-    # Longest prompts first: a batch of similar lengths pads less, and the slowest batches start first. Every process
-    # takes every n-th prompt of that order, so the shares are balanced.
-    todo.sort(key=lambda index: -len(problems[index]))
-    mine = todo[state.process_index :: state.num_processes] if sharded else todo
+    results = {uid: row for uid, row in done.items() if uid in wanted}
+    # The main process's view of what is done decides every process's share.
+    return broadcast_object_list([results])[0] if sharded else results
 
-    part_path = None
-    if output_dir is not None:
-        part_path = os.path.join(output_dir, PART_FILENAME.format(rank=state.process_index)) if sharded else csv_path
-    new_rows = []
-    generator = None
-    if backend == "vllm" and mine:
-        from .vllm_backend import VLLMGenerator, stop_token_ids
 
-        generator = VLLMGenerator(model, adapter_path=adapter_path, **(vllm_kwargs or {}))
-        stop = stop_token_ids(_generation_eos(model), tokenizer)
-    with _appending_predictions(part_path) as append, contextlib.ExitStack() as cleanup:
-        if generator is not None:
-            cleanup.callback(generator.close)
-        batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
-        for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not show_progress):
-            batch_problems = [problems[index] for index in batch]
-            if generator is not None:
-                completions = _vllm_completions(
-                    generator, tokenizer, batch_problems, max_new_tokens, system_prompt, stop
-                )
-            else:
-                completions = generate_completions(model, tokenizer, batch_problems, max_new_tokens, system_prompt)
-            rows = [
-                {
-                    "unique_id": unique_ids[index],
-                    "level": levels[index],
-                    "type": types[index],
-                    "problem": problems[index],
-                    "gold": golds[index],
-                    "completion": completion,
-                    **grade_completion(completion, golds[index]),
-                }
-                for index, completion in zip(batch, completions, strict=True)
-            ]
-            append(rows)
-            new_rows += rows
-    if sharded:
-        new_rows = gather_object(new_rows)  # every process gets every row, in rank order
-    results.update({row["unique_id"]: row for row in new_rows})
+@contextlib.contextmanager
+def _completion_generator(model, tokenizer, max_new_tokens, system_prompt, backend, adapter_path, vllm_kwargs, mine):
+    """A `problems -> completions` function of the chosen backend (vLLM is started only if there is work)."""
+    if backend != "vllm" or not mine:
+        yield lambda problems: generate_completions(model, tokenizer, problems, max_new_tokens, system_prompt)
+        return
+    from .vllm_backend import VLLMGenerator, stop_token_ids
 
-    ordered = [results[unique_id] for unique_id in unique_ids]
-    extra = {"num_generated": len(todo), "num_resumed": len(unique_ids) - len(todo)}
-    if output_dir is None or (sharded and not state.is_main_process):
-        report = {**extra, **accuracy_report(ordered)}
-    else:
-        # One CSV in the dataset's order (rows were appended as batches finished), then the parts are no longer needed.
-        _write_predictions(csv_path, ordered)
-        for path in glob.glob(os.path.join(output_dir, PART_FILENAME_PATTERN)):
-            os.remove(path)
-        report = _write_summary(output_dir, ordered, extra)
-    if sharded:
-        state.wait_for_everyone()
-    return report
+    generator = VLLMGenerator(model, adapter_path=adapter_path, **(vllm_kwargs or {}))
+    stop = stop_token_ids(_generation_eos(model), tokenizer)
+    try:
+        yield lambda problems: _vllm_completions(generator, tokenizer, problems, max_new_tokens, system_prompt, stop)
+    finally:
+        generator.close()
+
+
+def _write_final_files(output_dir: str, ordered: list[dict], extra: dict) -> dict:
+    """One CSV in the dataset's order (rows were appended as batches finished), the part files removed, the summary."""
+    _write_predictions(os.path.join(output_dir, PREDICTIONS_FILENAME), ordered)
+    for path in glob.glob(os.path.join(output_dir, PART_FILENAME_PATTERN)):
+        os.remove(path)
+    return _write_summary(output_dir, ordered, extra)
 
 
 def _generation_eos(model_name_or_path: str):
