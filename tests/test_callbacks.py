@@ -19,14 +19,11 @@ silently.
 
 import glob
 import os
-import re
 
 import pytest
 from transformers import TrainerCallback
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSCallback
-from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
-from trl_plrs.progress import format_log_line
 from trl_plrs.testing import build_tiny_model
 
 from .conftest import make_leveled_dataset
@@ -201,47 +198,3 @@ def test_curriculum_callback_events_default_to_no_ops(tmp_path, tokenizer):
     trainer = build_trainer(tmp_path, tokenizer, callbacks=[callback], max_steps=1)
     trainer.train()  # a subclass that overrides nothing is a valid callback
     assert trainer.state.global_step == STAGES
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# What a user sees: labelled bars, readable log lines, one line per stage transition
-
-
-def test_log_line_groups_levels_and_leads_with_the_stage():
-    line = format_log_line(
-        {"eval_level_1/loss": 0.5, "eval_level_2/loss": 1.25, "stage": 2, "lora_rank": 8, "epoch": 3.0, "x": "y"}, 3
-    )
-    assert line == "stage 2/3 (r=8), epoch 3 | x y | loss by level: 1 0.5, 2 1.25"
-    assert format_log_line({"train_loss": 0.25}, 3) == "curriculum | train_loss 0.25"
-
-
-def test_progress_output_is_labelled_and_numbered_from_one(tmp_path, tokenizer, capsys):
-    # MATH-like rows (problem, answer) of levels 1-3, so that the exact match per level can be generated.
-    eval_dataset = make_synthetic_math(2, levels=(1, 2, 3), seed=1).map(to_prompt_completion)
-    trainer = CurriculumSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=make_args(tmp_path, disable_tqdm=False, stage_eval_generate=True, stage_eval_max_new_tokens=2),
-        train_dataset=make_leveled_dataset(),
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(),
-    )
-    trainer.train()
-    captured = capsys.readouterr()
-    out, bars = captured.out, captured.err.replace("\r", "\n")
-
-    # One line per stage transition, numbered from 1 like the folders it names.
-    for number in (1, 2, 3):
-        assert f"Stage {number}/3 done: levels {number} " in out
-        assert f"adapter saved to {tmp_path / f'stage-{number}'}" in out
-        assert os.path.isdir(tmp_path / f"stage-{number}")
-    assert not os.path.exists(tmp_path / "stage-0")
-    assert "Curriculum done (3 stages)" in out
-    # Log lines lead with the stage instead of printing raw dicts.
-    assert "stage 1/3 (r=16)" in out and "loss by level: 1 " in out and "{'loss'" not in out
-    # Every bar has a label: the stage's, or the evaluation's.
-    for label in ("Stage 1/3 (levels 1, r=16)", "Eval after stage 3/3: loss of levels 1-3"):
-        assert label in bars
-    assert "Eval after stage 2/3: exact match of levels 1-3" in bars
-    unlabelled = [line for line in bars.splitlines() if re.match(r"^\s*\d+%\|", line)]
-    assert unlabelled == []

@@ -23,7 +23,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
@@ -482,6 +482,8 @@ def test_single_level_dataset_is_one_stage(tmp_path, tokenizer):
         (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"), "`peft_config` must be a `peft.LoraConfig`"),
         (LoraConfig(target_modules=TARGETS, use_dora=True), "`peft_config.use_dora` is not supported"),
         (LoraConfig(target_modules=TARGETS, modules_to_save=["lm_head"]), "`peft_config.modules_to_save`"),
+        # Refused before any model surgery (it once failed deep in the constructor on a mixture-of-experts model).
+        (LoraConfig(target_modules=[], target_parameters=["mlp.gate_proj.weight"]), "`peft_config.target_parameters`"),
     ],
 )
 def test_invalid_peft_configs_are_rejected(tmp_path, tokenizer, peft_config, match):
@@ -507,11 +509,27 @@ def test_peft_model_is_rejected(tmp_path, tokenizer):
         )
 
 
-def test_non_plrs_args_and_optimizers_are_rejected(tmp_path, tokenizer):
+@pytest.mark.parametrize("config_class", [SFTConfig, TrainingArguments])
+def test_sft_config_and_training_arguments_are_converted(tmp_path, tokenizer, config_class):
+    """As `SFTTrainer` converts `TrainingArguments` to `SFTConfig`: a TRL script's config works unchanged."""
+    args = config_class(str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=2, learning_rate=3e-3)
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=args,
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    assert isinstance(trainer.args, PLRSConfig)
+    assert (trainer.args.max_steps, trainer.args.learning_rate, trainer.args.output_dir) == (2, 3e-3, str(tmp_path))
+    assert [stage.levels for stage in trainer.stages] == [(1,), (2,), (3,)]  # the curriculum's defaults
+
+
+def test_non_training_args_and_optimizers_are_rejected(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="`args` must be a `PLRSConfig`"):
         CurriculumSFTTrainer(
             build_tiny_model(tokenizer),
-            args=SFTConfig(str(tmp_path), use_cpu=True, bf16=False),
+            args={"output_dir": str(tmp_path)},
             train_dataset=make_leveled_dataset(),
             processing_class=tokenizer,
             peft_config=lora_config(),
@@ -541,6 +559,8 @@ def make_trainer(tmp_path, tokenizer, dataset=None, model=None, peft_config=None
     "dataset_kwargs, config_kwargs, match",
     [
         ({}, {"curriculum_column": "difficulty"}, "`curriculum_column` is 'difficulty', but the training dataset has"),
+        # Data without levels (GSM8K-like): the fix is named.
+        ({}, {"curriculum_column": "difficulty"}, "set `curriculum_difficulty='base_loss'` \\(or 'length'\\)"),
         ({}, {"curriculum_stages": [[1], [4]]}, "`curriculum_stages` names levels \\[4\\] that have no rows"),
         ({}, {"lora_ranks": [16, 8]}, "`lora_ranks` has 2 entries .* but the curriculum has 3 stages"),
         ({}, {"max_steps": -1, "num_train_epochs": 0}, "`num_train_epochs` is 0 and `max_steps` is -1"),
@@ -661,3 +681,18 @@ def test_rows_dropped_by_truncation_are_reported(tmp_path, tokenizer, caplog):
         )
     assert len(trainer.curriculum_dataset) == len(dataset) - 3
     assert f"dropped 3 of {len(dataset)} training rows" in caplog.text
+
+
+def test_target_modules_that_match_nothing_list_the_layer_names(tmp_path, tokenizer):
+    """One error naming the option and the layers that exist, instead of PEFT's traceback."""
+    for model in (build_tiny_model(tokenizer), save_tiny_model(str(tmp_path / "base"))):  # a model, or its path
+        with pytest.raises(ValueError, match="matches no layer of the model") as error:
+            CurriculumSFTTrainer(
+                model,
+                args=make_args(tmp_path),
+                train_dataset=make_leveled_dataset(),
+                processing_class=tokenizer,
+                peft_config=LoraConfig(target_modules=["query", "value"]),
+            )
+        assert "'q_proj'" in str(error.value) and "'down_proj'" in str(error.value)
+        assert error.value.__cause__ is None and error.value.__suppress_context__

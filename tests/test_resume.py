@@ -187,8 +187,16 @@ def test_resume_at_the_end_of_a_stage_that_ends_mid_epoch(tmp_path, tokenizer, m
         torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("mode", ["merge", "stack"])
-def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
+@pytest.mark.parametrize(
+    "mode, restore_callback_states, killed_stage",
+    [("merge", False, 0), ("stack", False, 0), ("merge", True, 0), ("merge", True, 1), ("stack", True, 1)],
+)
+def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode, restore_callback_states, killed_stage):
+    """
+    With `restore_callback_states_from_checkpoint=True` the Trainer replaces the early-stopping callback by a new
+    instance restored from the checkpoint: the stage's early stop must still end only that stage (it once read as a
+    user's stop request, and the curriculum silently ended after the resumed stage).
+    """
     from .conftest import make_leveled_dataset
 
     # `greater_is_better=True` on the loss: every evaluation after the first is "worse", so with patience 1 each stage
@@ -196,6 +204,7 @@ def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
     settings = dict(
         adapter_transition=mode, max_steps=4, eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
         early_stopping_patience=1, metric_for_best_model="loss", greater_is_better=True,
+        restore_callback_states_from_checkpoint=restore_callback_states,
     )  # fmt: skip
 
     def build(output_dir, callbacks=()):
@@ -218,10 +227,11 @@ def test_resume_at_the_end_of_an_early_stopped_stage(tmp_path, tokenizer, mode):
     uninterrupted.train()
     assert [summary.steps for summary in uninterrupted.stage_summaries] == [2, 2, 2]  # every stage stopped early
     with pytest.raises(RuntimeError, match="killed at the stage's end"):
-        build(tmp_path / "interrupted", callbacks=[DieAtStageEnd(0)]).train()
+        build(tmp_path / "interrupted", callbacks=[DieAtStageEnd(killed_stage)]).train()
     resumed = build(tmp_path / "interrupted")
     resumed.train(resume_from_checkpoint=True)
-    assert resumed.state.global_step == uninterrupted.state.global_step == 6  # stage 1 was not trained again
+    assert resumed.state.global_step == uninterrupted.state.global_step == 6  # no stage trained again, none skipped
+    assert [summary.stage for summary in resumed.stage_summaries] == [1, 2, 3]
     expected, actual = (adapter_weights(tmp_path / name) for name in ("uninterrupted", "interrupted"))
     for key, value in expected.items():
         torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)
@@ -297,3 +307,18 @@ def test_resumed_stage_position(steps_in_stage, closed, expected):
     # 12 steps in 3 epochs of 4, gradient accumulation 2: step 7 is epoch 1, 3 steps (6 batches) into it.
     assert resumed_stage_position(steps_in_stage, closed, 12, 4, 3, True, 2) == expected
     assert resumed_stage_position(7, False, 12, 4, 3, False, 2) == (1, 0)  # `ignore_data_skip`
+
+
+@pytest.mark.parametrize("value", ["True", "true", " TRUE "])
+def test_resume_from_checkpoint_true_from_a_command_line(tmp_path, value):
+    """`--resume_from_checkpoint True` is a string: it means this run's newest checkpoint, not a path named True."""
+    from trl_plrs.resume import CurriculumState, checkpoint_to_resume, write_checkpoint_state
+
+    fingerprint = {"seed": 7}
+    for step in (2, 4):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        write_checkpoint_state(str(checkpoint), fingerprint, CurriculumState(), [0], [])
+        (checkpoint / "trainer_state.json").write_text("{}")
+    assert checkpoint_to_resume(value, str(tmp_path), fingerprint) == str(tmp_path / "checkpoint-4")
+    assert checkpoint_to_resume("false", str(tmp_path), fingerprint) is None

@@ -166,7 +166,12 @@ def test_save_model_writes_the_files_sft_trainer_writes(tmp_path, tokenizer):
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "README.md", "training_args.bin", "tokenizer.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "README.md")) as file:
-        assert "### Curriculum" in file.read()
+        card = file.read()
+    assert "### Curriculum" in card
+    # A base built in memory (or loaded from a folder) and a model not pushed are named, never `None`.
+    assert "None" not in card
+    assert "fine-tuned version of `LlamaForCausalLM` (a local model)" in card
+    assert f"model={trainer.args.output_dir!r}" in card
 
 
 def test_evaluate_returns_what_sft_trainer_returns(tmp_path, tokenizer):

@@ -75,3 +75,16 @@ def model_name(args) -> str:
     return (
         args.hub_model_id.split("/")[-1] if args.hub_model_id else os.path.basename(os.path.abspath(args.output_dir))
     )
+
+
+def name_local_models(card: str, base_model: str, model_path: str) -> str:
+    """
+    TRL's card links the base model and the pipeline's model as hub ids, and writes `None` for a base loaded from a
+    local folder (or built in memory) and for a model not pushed: name them instead, `base_model` as given (its path or
+    class) and `model_path` the folder that holds the adapter.
+    """
+    card = card.replace(
+        "This model is a fine-tuned version of [None](https://huggingface.co/None)",
+        f"This model is a fine-tuned version of `{base_model}` (a local model)",
+    )
+    return card.replace('model="None"', f"model={model_path!r}")

@@ -33,7 +33,15 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainerState
+from peft.utils.error import NoMatchingPeftModuleError
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput
@@ -45,7 +53,14 @@ from .checkpointing import remove_staging_leftovers
 from .curriculum import Stage, build_stages, resolve_replay
 from .difficulty import compute_levels, score_rows
 from .fingerprint import data_fingerprint, model_fingerprint, training_fingerprint
-from .model_card import PAPER_BIBTEX, PAPER_TITLE, curriculum_card_section, insert_card_section, model_name
+from .model_card import (
+    PAPER_BIBTEX,
+    PAPER_TITLE,
+    curriculum_card_section,
+    insert_card_section,
+    model_name,
+    name_local_models,
+)
 from .plrs_config import PLRSConfig
 from .progress import CurriculumProgressCallback
 from .quantization import is_quantized, keep_4bit_weights_trainable_on_cpu
@@ -94,6 +109,7 @@ from .transitions import (
     resolve_adapter_transition,
     stage_dir,
     stage_lora_config,
+    unmatched_targets_error,
 )
 
 
@@ -102,59 +118,60 @@ logger = get_logger(__name__)
 
 class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     """
-    [`~trl.SFTTrainer`] that trains a curriculum, level by level, with a fresh and (optionally) smaller LoRA adapter at
-    every stage: Sequential Fine-Tuning with Progressive LoRA Rank Shrinking (PLRS).
+        [`~trl.SFTTrainer`] that trains a curriculum, level by level, with a fresh and (optionally) smaller LoRA adapter at
+        every stage: Sequential Fine-Tuning with Progressive LoRA Rank Shrinking (PLRS).
 
-    One call to [`~CurriculumSFTTrainer.train`] runs every stage. Stage k trains on the rows of its levels plus the
-    configured replay of earlier stages, with a new LoRA adapter of rank `lora_ranks[k]`; what earlier stages learned
-    is kept, merged into the base weights or as one frozen adapter (see [`PLRSConfig`]). The training set is tokenized
-    once; each stage selects its rows. [`PLRSCallback`], which this trainer installs first among its callbacks, tells
-    it when a stage begins and ends; the trainer carries out the transition ([`begin_stage`], [`end_stage`]), with
-    [`~trl_plrs.transitions.StageAdapters`] for the adapters.
+        One call to [`~CurriculumSFTTrainer.train`] runs every stage. Stage k trains on the rows of its levels plus the
+        configured replay of earlier stages, with a new LoRA adapter of rank `lora_ranks[k]`; what earlier stages learned
+        is kept, merged into the base weights or as one frozen adapter (see [`PLRSConfig`]). The training set is tokenized
+        once; each stage selects its rows. [`PLRSCallback`], which this trainer installs first among its callbacks, tells
+        it when a stage begins and ends; the trainer carries out the transition ([`begin_stage`], [`end_stage`]), with
+        [`~trl_plrs.transitions.StageAdapters`] for the adapters.
 
-    Callbacks and experiment trackers see the curriculum as one training run (`on_train_begin` and `on_train_end`
-    once, `global_step` and `epoch` growing across stages); subclass [`CurriculumCallback`] to also receive
-    `on_stage_begin` / `on_stage_end`.
+        Callbacks and experiment trackers see the curriculum as one training run (`on_train_begin` and `on_train_end`
+        once, `global_step` and `epoch` growing across stages); subclass [`CurriculumCallback`] to also receive
+        `on_stage_begin` / `on_stage_end`.
 
-    At the end, `output_dir` holds one standard PEFT LoRA adapter, the exact concatenation of the stage adapters, that
-    loads on the original base model with `PeftModel.from_pretrained`; `output_dir/stage-{k}` holds each stage's own
-    adapter.
+        At the end, `output_dir` holds one standard PEFT LoRA adapter, the exact concatenation of the stage adapters, that
+        loads on the original base model with `PeftModel.from_pretrained`; `output_dir/stage-{k}` holds each stage's own
+        adapter.
 
-    Example:
+        Example:
 
-    ```python
-    >>> from peft import LoraConfig
-    >>> from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+        ```python
+        >>> from peft import LoraConfig
+    from peft.utils.error import NoMatchingPeftModuleError
+        >>> from trl_plrs import CurriculumSFTTrainer, PLRSConfig
 
-    >>> args = PLRSConfig(output_dir="out", plrs_preset="replay_shrink")
-    >>> trainer = CurriculumSFTTrainer(
-    ...     model="meta-llama/Llama-3.2-1B-Instruct",
-    ...     args=args,
-    ...     train_dataset=dataset,
-    ...     peft_config=LoraConfig(target_modules="all-linear"),
-    ... )
-    >>> trainer.train()
-    ```
+        >>> args = PLRSConfig(output_dir="out", plrs_preset="replay_shrink")
+        >>> trainer = CurriculumSFTTrainer(
+        ...     model="meta-llama/Llama-3.2-1B-Instruct",
+        ...     args=args,
+        ...     train_dataset=dataset,
+        ...     peft_config=LoraConfig(target_modules="all-linear"),
+        ... )
+        >>> trainer.train()
+        ```
 
-    Args:
-        model (`str` or [`~transformers.PreTrainedModel`]):
-            Model to train, or its hub id / local path. Not a [`~peft.PeftModel`]: the trainer manages the adapters.
-        args ([`PLRSConfig`], *optional*):
-            Configuration. Defaults to `PLRSConfig(f"{model_name}-PLRS")`.
-        train_dataset ([`~datasets.Dataset`]):
-            Training data in any format [`~trl.SFTTrainer`] accepts, with a column `args.curriculum_column` giving each
-            row's level. A map-style dataset is required, since each stage selects rows.
-        peft_config ([`~peft.LoraConfig`]):
-            LoRA settings shared by every stage (target modules, dropout, ...); the rank and alpha of each stage come
-            from the curriculum.
-        data_collator, eval_dataset, processing_class, compute_loss_func, compute_metrics, callbacks:
-            As in [`~trl.SFTTrainer`], in the same positional order. An `eval_dataset` with the `curriculum_column`
-            turns on the evaluation per level (see [`PLRSConfig`]).
-        optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, formatting_func:
-            As in [`~trl.SFTTrainer`].
-        optimizers:
-            Must stay `(None, None)`: each stage builds its own optimizer and scheduler over its new adapter; pass
-            `optimizer_cls_and_kwargs` or set `optim` instead.
+        Args:
+            model (`str` or [`~transformers.PreTrainedModel`]):
+                Model to train, or its hub id / local path. Not a [`~peft.PeftModel`]: the trainer manages the adapters.
+            args ([`PLRSConfig`], *optional*):
+                Configuration. Defaults to `PLRSConfig(f"{model_name}-PLRS")`.
+            train_dataset ([`~datasets.Dataset`]):
+                Training data in any format [`~trl.SFTTrainer`] accepts, with a column `args.curriculum_column` giving each
+                row's level. A map-style dataset is required, since each stage selects rows.
+            peft_config ([`~peft.LoraConfig`]):
+                LoRA settings shared by every stage (target modules, dropout, ...); the rank and alpha of each stage come
+                from the curriculum.
+            data_collator, eval_dataset, processing_class, compute_loss_func, compute_metrics, callbacks:
+                As in [`~trl.SFTTrainer`], in the same positional order. An `eval_dataset` with the `curriculum_column`
+                turns on the evaluation per level (see [`PLRSConfig`]).
+            optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, formatting_func:
+                As in [`~trl.SFTTrainer`].
+            optimizers:
+                Must stay `(None, None)`: each stage builds its own optimizer and scheduler over its new adapter; pass
+                `optimizer_cls_and_kwargs` or set `optim` instead.
     """
 
     _tag_names = ["trl", "sft", "curriculum", "plrs"]
@@ -187,7 +204,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         check_trainer_internals()
         args = self._check_arguments(model, args, optimizers, quantization_config, peft_config)
         train_dataset, eval_dataset = self._plan_stages(train_dataset, eval_dataset, args, peft_config)
-        with quiet_peft_gradient_checkpointing_warning():
+        with quiet_peft_gradient_checkpointing_warning(), targets_checked(model, peft_config, args):
             super().__init__(
                 model,
                 args=args,
@@ -213,6 +230,12 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         """Refuse, before any model is loaded, what a curriculum cannot train; returns the configuration."""
         if args is None:
             args = PLRSConfig(f"{model_name_or_path(model).split('/')[-1]}-PLRS")
+        elif isinstance(args, TrainingArguments) and not isinstance(args, PLRSConfig):
+            # As `SFTTrainer` converts `TrainingArguments` to `SFTConfig`: every value kept (`to_dict` would hide the
+            # `*_token` fields, `SFTConfig`'s `eos_token` and `pad_token` too), the curriculum's fields at their defaults.
+            args = PLRSConfig(
+                **{field.name: getattr(args, field.name) for field in dataclasses.fields(args) if field.init}
+            )
         elif not isinstance(args, PLRSConfig):
             raise ValueError(
                 f"`args` must be a `PLRSConfig`, but the value passed is a `{type(args).__name__}`. Build the "
@@ -668,6 +691,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         section = curriculum_card_section(
             self.stage_summaries, self.replay, self.adapter_transition, self.args.output_dir
         )
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        card = name_local_models(card, model_name_or_path(base), self.args.hub_model_id or self.args.output_dir)
         with open(path, "w", encoding="utf-8") as file:
             file.write(insert_card_section(card, section))
 
@@ -720,6 +745,15 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 )
             export_combined_adapter(stage_dirs, output_dir, self.processing_class, extra_files)
         self.accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def targets_checked(model, peft_config: LoraConfig, args: PLRSConfig):
+    """PEFT's error for `target_modules` that match nothing, raised as one error that lists the names that would."""
+    try:
+        yield
+    except NoMatchingPeftModuleError:
+        raise unmatched_targets_error(model, peft_config, args) from None
 
 
 @contextlib.contextmanager

@@ -124,10 +124,13 @@ def curriculum_fingerprint(run: dict[str, Any], stages, replay, adapter_transiti
 
 def checkpoint_to_resume(resume_from_checkpoint: str | bool | None, output_dir: str, fingerprint) -> str | None:
     """
-    The checkpoint a `train(resume_from_checkpoint=...)` continues: `None`/`False` none; `True` this run's newest
-    complete checkpoint in `output_dir` (checkpoints of another run, by `fingerprint`, skipped with a warning); a path
+    The checkpoint a `train(resume_from_checkpoint=...)` continues: `None`/`False` none; `True` (or `"true"`, as a
+    command line gives it) this run's newest complete checkpoint in `output_dir` (checkpoints of another run, by `fingerprint`, skipped with a warning); a path
     that holds a curriculum state.
     """
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "false"):
+        # `--resume_from_checkpoint True` on a command line arrives as a string (`TrainingArguments` types it `str`).
+        resume_from_checkpoint = resume_from_checkpoint.strip().lower() == "true"
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
     if resume_from_checkpoint is True:

@@ -55,7 +55,9 @@ def select_leveled_rows(train_dataset, args) -> tuple[Dataset, list[int]]:
     if column not in train_dataset.column_names:
         raise ValueError(
             f"`curriculum_column` is {column!r}, but the training dataset has no such column (columns: "
-            f"{train_dataset.column_names}). Set `curriculum_column` to the column that holds each row's level."
+            f"{train_dataset.column_names}). Set `curriculum_column` to the column that holds each row's level, or, "
+            "for data without levels (e.g. GSM8K), set `curriculum_difficulty='base_loss'` (or 'length') to compute "
+            "them."
         )
     levels = dataset_levels(train_dataset, column)
     unknown = [index for index, level in enumerate(levels) if level is None]

@@ -427,6 +427,9 @@ def check_peft_config(model, peft_config) -> None:
         "modules_to_save": peft_config.modules_to_save,
         "lora_bias": peft_config.lora_bias,
         "trainable_token_indices": peft_config.trainable_token_indices,
+        # LoRA on raw parameters (mixture-of-experts weights, e.g. GPT-OSS's `experts.gate_up_proj`): PEFT's
+        # `ParamWrapper` has no `weight` to merge into, and its delta is not a per-layer A/B that the stack can fuse.
+        "target_parameters": getattr(peft_config, "target_parameters", None),
     }
     for name, value in unsupported.items():
         if value:
@@ -468,3 +471,31 @@ def check_lora_targets(layers, peft_config: LoraConfig) -> None:
             "`embed_tokens`): their LoRA adapters cannot be carried across stages exactly. Target the linear "
             "projections only, e.g. `target_modules='all-linear'` (which leaves out `lm_head`)."
         )
+
+
+def linear_module_names(model: nn.Module | str, args=None) -> list[str]:
+    """
+    The names (last part) of the linear layers of `model`, which `LoraConfig.target_modules` may name. A hub id or
+    path is built on the meta device from its config: no weights are loaded.
+    """
+    if isinstance(model, str):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        trust = bool(getattr(args, "trust_remote_code", False))
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+
+
+def unmatched_targets_error(model: nn.Module | str, peft_config: LoraConfig, args) -> ValueError:
+    """The error for `target_modules` that match no layer of `model`, listing the names that would."""
+    try:
+        names = linear_module_names(model, args)
+        found = f"Its linear layers are named {names}"
+    except Exception:  # the names are a hint: a model that cannot be built on the meta device goes without it
+        found = "List its layers with `model.named_modules()`"
+    return ValueError(
+        f"`peft_config.target_modules` ({peft_config.target_modules!r}, `--lora_target_modules` on the command line) "
+        f"matches no layer of the model. {found}; name some of them (e.g. `q_proj v_proj`), or use 'all-linear'."
+    )
