@@ -478,8 +478,13 @@ def test_single_level_dataset_is_one_stage(tmp_path, tokenizer):
 @pytest.mark.parametrize(
     "peft_config, match",
     [
-        (None, "`peft_config` is required"),
-        (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"), "`peft_config` must be a `peft.LoraConfig`"),
+        # Without a fresh LoRA adapter per stage (full fine-tuning, another PEFT method) a rank schedule is refused.
+        (None, "`lora_ranks` is \\[16, 8, 4\\], but with full fine-tuning"),
+        (
+            PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+            "with an adapter carried through every stage",
+        ),
+        ({"r": 8}, "`peft_config` must be a `peft.PeftConfig`"),
         (LoraConfig(target_modules=TARGETS, use_dora=True), "`peft_config.use_dora` is not supported"),
         (LoraConfig(target_modules=TARGETS, modules_to_save=["lm_head"]), "`peft_config.modules_to_save`"),
         # Refused before any model surgery (it once failed deep in the constructor on a mixture-of-experts model).
@@ -497,9 +502,9 @@ def test_invalid_peft_configs_are_rejected(tmp_path, tokenizer, peft_config, mat
         )
 
 
-def test_peft_model_is_rejected(tmp_path, tokenizer):
+def test_a_peft_model_with_a_peft_config_is_refused(tmp_path, tokenizer):
     model = get_peft_model(build_tiny_model(tokenizer), lora_config())
-    with pytest.raises(ValueError, match="`model` is already a `PeftModel`"):
+    with pytest.raises(ValueError, match="`model` is already a `PeftModel` and a `peft_config` was passed too"):
         CurriculumSFTTrainer(
             model,
             args=make_args(tmp_path),

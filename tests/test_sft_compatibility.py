@@ -406,3 +406,90 @@ def test_signature_has_sft_trainers_parameters_in_its_order():
     ours = list(inspect.signature(CurriculumSFTTrainer.__init__).parameters)
     theirs = list(inspect.signature(SFTTrainer.__init__).parameters)
     assert ours == theirs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Curricula without a fresh LoRA adapter per stage: full fine-tuning, other PEFT methods, a ready PeftModel
+
+
+def test_one_stage_full_fine_tuning_equals_sft_trainer(tmp_path, tokenizer):
+    """TRL's `sft.py` without `--use_peft`: one stage trains the model's own weights exactly as `SFTTrainer` does."""
+    from .test_plrs_trainer import train_one_stage_beside_sft
+
+    sft, ours = train_one_stage_beside_sft(tmp_path, tokenizer, None, None, {"plrs_preset": "direct"})
+    assert ours.adapter_transition == "carry" and ours.stages[0].lora_rank is None
+    trained = dict(ours.model.named_parameters())
+    assert sum(param.requires_grad for param in trained.values()) == len(trained)  # every weight trained
+    for name, param in sft.model.named_parameters():
+        torch.testing.assert_close(trained[name], param, atol=1e-6, rtol=0, msg=name)
+    # Saved as `SFTTrainer` saves a model, with the curriculum's card.
+    assert os.path.isfile(os.path.join(ours.args.output_dir, "model.safetensors"))
+    with open(os.path.join(ours.args.output_dir, "README.md")) as file:
+        assert "continued training the same parameters" in file.read()
+
+
+def test_full_fine_tuning_curriculum_trains_every_stage_with_a_fresh_optimizer(tmp_path, tokenizer):
+    optimizers = []
+
+    class Optimizers(CurriculumCallback):
+        def on_step_begin(self, args, state, control, optimizer, **kwargs):
+            if not optimizers or optimizers[-1] is not optimizer:
+                optimizers.append(optimizer)
+
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, lora_ranks=None, replay="full", eval_strategy="steps", eval_steps=3),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=make_leveled_dataset(rows_per_level=2),
+        processing_class=tokenizer,
+        callbacks=[Optimizers()],
+    )
+    before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+    trainer.train()
+    assert [summary.rows for summary in trainer.stage_summaries] == [8, 16, 24]
+    assert [summary.lora_rank for summary in trainer.stage_summaries] == [None, None, None]
+    assert len(optimizers) == 3 and trainer.state.global_step == 9
+    assert not any("lora_rank" in entry for entry in trainer.state.log_history)
+    assert any("eval_level_3/loss" in entry for entry in trainer.state.log_history)  # per-level evaluation
+    assert not os.path.exists(stage_dir(trainer.args.output_dir, 1))  # the weights are in the final save
+    moved = [name for name, param in trainer.model.named_parameters() if not torch.equal(param, before[name])]
+    assert len(moved) == len(before)
+    reloaded = type(trainer.model).from_pretrained(trainer.args.output_dir)
+    batch = probe(tokenizer)
+    torch.testing.assert_close(logits(reloaded, batch), logits(trainer.model, batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "ready_lora_model"])
+def test_one_adapter_is_carried_through_every_stage(tmp_path, tokenizer, kind):
+    """Another PEFT method, or a `PeftModel` passed ready: its one adapter trains on at every stage and is saved."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, peft_config = build_tiny_model(tokenizer), None
+    if kind == "prompt_tuning":
+        peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    else:
+        model = get_peft_model(model, lora_config(r=4, lora_alpha=8))
+    trainer = CurriculumSFTTrainer(
+        model,
+        args=make_args(tmp_path, lora_ranks=None, plrs_preset="seq_full_replay"),
+        train_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    snapshots = []
+
+    class Snapshot(CurriculumCallback):
+        def on_stage_end(self, args, state, control, model, **kwargs):
+            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    assert trainer.adapter_transition == "carry" and len(snapshots) == 3
+    assert list(trainer.model.peft_config) == ["default"]  # one adapter, the same through every stage
+    assert snapshots[0].keys() == snapshots[2].keys()
+    assert any(
+        not torch.equal(snapshots[0][name], snapshots[2][name]) for name in snapshots[0]
+    )  # later stages trained it
+    reloaded = PeftModel.from_pretrained(build_tiny_model(tokenizer), trainer.args.output_dir)
+    batch = probe(tokenizer)
+    torch.testing.assert_close(logits(reloaded, batch), logits(trainer.model, batch), atol=1e-5, rtol=0)

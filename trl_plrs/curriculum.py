@@ -97,19 +97,25 @@ class Stage:
     Args:
         index (`int`): Position of the stage, from 0.
         levels (`tuple[int, ...]`): Levels whose rows this stage trains on (before replay).
-        lora_rank (`int`): Rank of the stage's fresh LoRA adapter.
-        lora_alpha (`float`): Alpha of that adapter.
+        lora_rank (`int` or `None`): Rank of the stage's fresh LoRA adapter; `None` when the curriculum carries one set
+            of trainable parameters through every stage (full fine-tuning, or a PEFT method other than LoRA).
+        lora_alpha (`float` or `None`): Alpha of that adapter.
     """
 
     index: int
     levels: tuple[int, ...]
-    lora_rank: int
-    lora_alpha: float
+    lora_rank: int | None
+    lora_alpha: float | None
 
     @property
     def number(self) -> int:
         """The stage's number, from 1, as shown in folder names, logs and tables."""
         return self.index + 1
+
+    @property
+    def rank_label(self) -> str:
+        """`", r=16"` for a stage with a fresh LoRA adapter; empty when the stage carries on the same parameters."""
+        return "" if self.lora_rank is None else f", r={self.lora_rank}"
 
 
 def normalize_curriculum_stages(stages) -> list[list[int]] | None:
@@ -201,8 +207,8 @@ def build_stages(
     curriculum_stages: list[list[int]] | None,
     lora_ranks: list[int] | None,
     lora_alpha_ratio: float | None,
-    default_rank: int,
-    default_alpha: float,
+    default_rank: int | None,
+    default_alpha: float | None,
     preset: str | None = None,
 ) -> list[Stage]:
     """
@@ -218,8 +224,10 @@ def build_stages(
         lora_alpha_ratio (`float` or `None`): alpha = ratio x rank at every stage. `None`: the preset's ratio
             ([`PRESET_LORA_ALPHA_RATIO`], the paper's alpha = 2r) with a preset, else `default_alpha / default_rank`,
             the ratio of the user's `peft_config` (so a one-stage curriculum trains with the config's own alpha).
-        default_rank (`int`): Rank used when neither `lora_ranks` nor a preset gives one (the `peft_config`'s `r`).
-        default_alpha (`float`): The `peft_config`'s `lora_alpha`.
+        default_rank (`int` or `None`): Rank used when neither `lora_ranks` nor a preset gives one (the `peft_config`'s
+            `r`); `None` without a fresh LoRA adapter per stage: every stage then has no rank (`lora_ranks` and the
+            preset's ranks do not apply).
+        default_alpha (`float` or `None`): The `peft_config`'s `lora_alpha`.
         preset (`str` or `None`): Name of a preset in [`PRESETS`].
 
     >>> [(s.levels, s.lora_rank, s.lora_alpha) for s in build_stages([1, 2], None, [64, 16], 2.0, 8, 16)]
@@ -245,6 +253,11 @@ def build_stages(
     else:
         stage_levels = [(level,) for level in levels]
 
+    if default_rank is None:  # no LoRA adapter per stage: the stages' levels alone
+        return [
+            Stage(index=index, levels=stage, lora_rank=None, lora_alpha=None)
+            for index, stage in enumerate(stage_levels)
+        ]
     if lora_ranks is None and preset_config is not None:
         lora_ranks = list(preset_config.lora_ranks)
     if lora_ranks is None:

@@ -39,10 +39,15 @@ def curriculum_card_section(
         "### Curriculum",
         "",
         f"Trained with `trl_plrs`' `CurriculumSFTTrainer`: curriculum sequential fine-tuning with "
-        f"Progressive LoRA Rank Shrinking, from [{PAPER_TITLE}]({PAPER_URL}) (AI4MATH @ ICML 2025). Each stage trained "
-        f"a fresh LoRA adapter on its levels (plus replay: `{replay}`); finished adapters were carried by "
-        f"`{adapter_transition}`. This repository holds one LoRA adapter equal to the sum of the stage "
-        "adapters, for the original base model.",
+        f"Progressive LoRA Rank Shrinking, from [{PAPER_TITLE}]({PAPER_URL}) (AI4MATH @ ICML 2025). "
+        + (
+            "Each stage continued training the same parameters (full fine-tuning, or one PEFT adapter) on its levels "
+            f"(plus replay: `{replay}`), with a fresh optimizer and schedule."
+            if adapter_transition == "carry"
+            else f"Each stage trained a fresh LoRA adapter on its levels (plus replay: `{replay}`); finished adapters "
+            f"were carried by `{adapter_transition}`. This repository holds one LoRA adapter equal to the sum of the "
+            "stage adapters, for the original base model."
+        ),
         "",
         "| stage | levels | rows | rank | alpha | steps | train loss |",
         "|---|---|---|---|---|---|---|",
@@ -51,7 +56,8 @@ def curriculum_card_section(
         loss = summary.train_loss
         lines.append(
             f"| {summary.stage} | {', '.join(map(str, summary.levels))} | {summary.rows:,} | "
-            f"{summary.lora_rank} | {summary.lora_alpha:g} | {summary.steps} | "
+            f"{'-' if summary.lora_rank is None else summary.lora_rank} | "
+            f"{'-' if summary.lora_alpha is None else f'{summary.lora_alpha:g}'} | {summary.steps} | "
             f"{'-' if loss is None else f'{loss:.4f}'} |"
         )
     if os.path.isfile(os.path.join(output_dir, "forgetting_heatmap.png")):

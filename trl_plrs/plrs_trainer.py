@@ -100,6 +100,7 @@ from .trainer_internals import (
     sft_autocast_adapter_dtype,
 )
 from .transitions import (
+    CARRY,
     StageAdapters,
     check_first_stage_adapter,
     check_lora_targets,
@@ -218,7 +219,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                 preprocess_logits_for_metrics=preprocess_logits_for_metrics,
                 quantization_config=quantization_config,
-                peft_config=stage_lora_config(peft_config, self.stages[0]),
+                peft_config=stage_lora_config(peft_config, self.stages[0])
+                if self.training_kind == "lora"
+                else peft_config,
                 formatting_func=formatting_func,
             )
         self._prepare_stages(rows_passed=len(train_dataset))
@@ -241,7 +244,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 f"`args` must be a `PLRSConfig`, but the value passed is a `{type(args).__name__}`. Build the "
                 "configuration with `trl_plrs.PLRSConfig(...)`, which accepts every `SFTConfig` argument."
             )
-        check_peft_config(model, peft_config)
+        self.training_kind = check_peft_config(model, peft_config, args)
         if tuple(optimizers) != (None, None):
             raise ValueError(
                 "`optimizers` cannot be passed to `CurriculumSFTTrainer`: every stage trains a new adapter, so it "
@@ -265,8 +268,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             curriculum_stages=args.curriculum_stages,
             lora_ranks=args.lora_ranks,
             lora_alpha_ratio=args.lora_alpha_ratio,
-            default_rank=peft_config.r,
-            default_alpha=peft_config.lora_alpha,
+            default_rank=peft_config.r if self.training_kind == "lora" else None,
+            default_alpha=peft_config.lora_alpha if self.training_kind == "lora" else None,
             preset=args.plrs_preset,
         )
         warn_unused_levels(row_levels, self.stages, args)
@@ -280,7 +283,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     def _prepare_stages(self, rows_passed: int) -> None:
         """After `SFTTrainer.__init__`: the levels of the prepared rows, the stage plan's checks, the transition."""
         args = self.args
-        check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
+        if self.training_kind == "lora":
+            check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
         if self.is_quantized:
             # Before any no-grad forward (the difficulty scoring below, the evaluations) can repack the 4-bit weights.
             keep_4bit_weights_trainable_on_cpu(self.model)
@@ -292,17 +296,19 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             self._assign_difficulty_levels()
         self.row_levels = prepared_row_levels(self.curriculum_dataset, rows_passed, args)
         check_every_stage_trains(self.stages, self.row_levels, self.replay, args)
-        check_lora_targets(list(lora_layers(self.model)), self.stage_peft_config)
-        self.adapter_transition = resolve_adapter_transition(
-            self.model, args, self.is_quantized, self.accelerator.device
-        )
-        self.stage_adapters = StageAdapters(
-            self.model,
-            self.adapter_transition,
-            self.stage_peft_config,
-            self.is_quantized,
-            autocast_adapter_dtype=sft_autocast_adapter_dtype(args, self.is_quantized),
-        )
+        self.adapter_transition, self.stage_adapters = CARRY, None
+        if self.training_kind == "lora":
+            check_lora_targets(list(lora_layers(self.model)), self.stage_peft_config)
+            self.adapter_transition = resolve_adapter_transition(
+                self.model, args, self.is_quantized, self.accelerator.device
+            )
+            self.stage_adapters = StageAdapters(
+                self.model,
+                self.adapter_transition,
+                self.stage_peft_config,
+                self.is_quantized,
+                autocast_adapter_dtype=sft_autocast_adapter_dtype(args, self.is_quantized),
+            )
 
     def _install_callbacks(self) -> None:
         """The curriculum's callback handler, `PLRSCallback` first, its progress bars, and the per-level evaluation."""
@@ -479,14 +485,14 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         optimizer, scheduler and engine wrapper so that the Trainer builds them anew over the new adapter, and, with
         the evaluation per level, restrict the `eval_dataset` to the levels seen so far.
         """
-        adapters = self.stage_adapters
-        if stage.index > adapters.stage_index:
+        adapters = self.stage_adapters  # `None` when the trainable parameters carry on (full fine-tuning, any PEFT)
+        if adapters is not None and stage.index > adapters.stage_index:
             finished = self.stages[adapters.stage_index]
             lost = adapters.advance(finished, stage)
             if lost is not None:
                 self._summary_of(finished).merge_rounding_loss = lost
         self.curriculum_state.adapter_stage = stage.index
-        self.curriculum_state.frozen_adapters = adapters.frozen
+        self.curriculum_state.frozen_adapters = adapters.frozen if adapters is not None else []
         self.train_dataset = self.pack_stage_rows(self.build_stage_dataset(stage))
         # A new optimizer and scheduler over the new adapter only: the Trainer builds them when these are `None`.
         self.optimizer, self.lr_scheduler = None, None
@@ -494,10 +500,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         # new adapter's gradients unsynchronised across ranks.
         self.model_wrapped = self.model
         self.curriculum_state.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        adapter = "" if stage.lora_rank is None else f", LoRA r={stage.lora_rank} alpha={stage.lora_alpha:g}"
         logger.info(
-            f"Stage {stage.number}/{len(self.stages)}: levels {list(stage.levels)}, "
-            f"{len(self.train_dataset):,} rows, LoRA r={stage.lora_rank} alpha={stage.lora_alpha:g}, "
-            f"{self.curriculum_state.trainable_params:,} trainable parameters"
+            f"Stage {stage.number}/{len(self.stages)}: levels {list(stage.levels)}, {len(self.train_dataset):,} "
+            f"rows{adapter}, {self.curriculum_state.trainable_params:,} trainable parameters"
         )
         if self.stage_evaluation is not None:
             self.eval_dataset = self.stage_evaluation.begin_stage(stage)
@@ -510,7 +516,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         Close `stage` (called by [`PLRSCallback.on_stage_end`]): save its adapter to `output_dir/stage-{k}`, record its
         [`~trl_plrs.resume.StageSummary`], and, with the evaluation per level, evaluate every level.
         """
-        self.save_stage_adapter(stage_dir(self.args.output_dir, stage.number))
+        if self.stage_adapters is not None:  # carried parameters are in the checkpoints and the final save
+            self.save_stage_adapter(stage_dir(self.args.output_dir, stage.number))
         summary = StageSummary(
             stage=stage.number,
             levels=list(stage.levels),
@@ -564,7 +571,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         # Every process reads the adapter `save_model` wrote (it waits for the main process); a process that cannot see
         # `output_dir` (another node, no shared filesystem) keeps its stage adapters, with the same function.
         combined_config = os.path.join(self.args.output_dir, ADAPTER_CONFIG_NAME)
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not os.path.isfile(combined_config):
+        engine = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        if self.stage_adapters is None or engine or not os.path.isfile(combined_config):
             return
         self.stage_adapters.install_combined(self.args.output_dir)
         self.curriculum_state.frozen_adapters = []
@@ -652,18 +660,20 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         state, summaries = read_checkpoint_state(
             checkpoint, self.curriculum_fingerprint(), lambda index: self.stage_rows(self.stages[index])
         )
-        self.stage_adapters.restore(self.stages, self.args.output_dir, state.stage)
+        frozen = []
+        if self.stage_adapters is not None:  # carried parameters come back with the checkpoint's weights
+            self.stage_adapters.restore(self.stages, self.args.output_dir, state.stage)
+            frozen = self.stage_adapters.frozen
         # The adapters are the ones just rebuilt from the stage folders, whatever the checkpoint's version named them.
-        self.curriculum_state = dataclasses.replace(
-            state, adapter_stage=state.stage, frozen_adapters=self.stage_adapters.frozen
-        )
+        self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage, frozen_adapters=frozen)
         self.stage_summaries = summaries
         logger.info(f"Resuming the curriculum at stage {state.stage + 1} from {checkpoint}.")
 
     def after_checkpoint_load(self, checkpoint: str) -> None:
         """After the Trainer loaded `checkpoint`'s adapters: the trainable one reloaded, the frozen one active again."""
-        self.stage_adapters.reload_trainable(checkpoint)
-        self.stage_adapters.activate()
+        if self.stage_adapters is not None:
+            self.stage_adapters.reload_trainable(checkpoint)
+            self.stage_adapters.activate()
 
     def save_curriculum_state(self, checkpoint_dir: str) -> None:
         """Write the curriculum's state into `checkpoint_dir`, before the Trainer's own files (`resume`)."""
@@ -702,13 +712,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         that `evaluate()` returns them too). `epoch` counts on across stages; `stage_epoch` is the stage's own.
         """
         stage = self.stages[min(self.curriculum_state.stage, len(self.stages) - 1)]
-        logs.update(
-            {
-                "stage": stage.number,
-                "lora_rank": stage.lora_rank,
-                "trainable_params": self.curriculum_state.trainable_params,
-            }
-        )
+        logs["stage"] = stage.number
+        if stage.lora_rank is not None:
+            logs["lora_rank"] = stage.lora_rank
+        logs["trainable_params"] = self.curriculum_state.trainable_params
         stage_epoch = self.state.epoch
         if stage_epoch is None:
             return super().log(logs, start_time)
@@ -732,8 +739,12 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         [`~trl.SFTTrainer`] does.
         """
         # Once the curriculum has run, every save gives the whole curriculum, `push_to_hub`'s internal one included.
-        if self.curriculum_state.stage < len(self.stages) or not self.stage_summaries:
-            return super().save_model(output_dir, _internal_call=_internal_call)
+        finished = self.curriculum_state.stage >= len(self.stages) and self.stage_summaries
+        if not finished or self.stage_adapters is None:
+            super().save_model(output_dir, _internal_call=_internal_call)
+            if finished and self.args.should_save:  # the carried model, as `SFTTrainer` saves it, with the card
+                self.create_model_card(model_name=model_name(self.args))
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             stage_dirs = [stage_dir(self.args.output_dir, stage.number) for stage in self.trained_stages]

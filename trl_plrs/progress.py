@@ -87,7 +87,7 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
             initial=state.global_step - start,
             dynamic_ncols=True,
             desc=f"Stage {stage.number}/{len(self.trainer.stages)} (levels "
-            f"{','.join(map(str, stage.levels))}, r={stage.lora_rank})",
+            f"{','.join(map(str, stage.levels))}{stage.rank_label})",
         )
         self.current_step = state.global_step
 
@@ -137,21 +137,28 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
         if summary is None or summary.stage != stage.number:
             return
         loss = summary.train_loss
+        lora = self.trainer.stage_adapters is not None  # a fresh LoRA adapter per stage, saved at its end
         self.write(
             f"Stage {stage.number}/{len(self.trainer.stages)} done: levels {','.join(map(str, stage.levels))} "
-            f"({summary.rows:,} rows with replay '{self.trainer.replay}'), LoRA r={stage.lora_rank}, "
-            f"{summary.steps} step{'s' * (summary.steps != 1)} in {summary.train_runtime:.1f} s"
+            f"({summary.rows:,} rows with replay '{self.trainer.replay}'), "
+            + (f"LoRA r={stage.lora_rank}, " if lora else "")
+            + f"{summary.steps} step{'s' * (summary.steps != 1)} in {summary.train_runtime:.1f} s"
             + ("" if loss is None else f", train loss {loss:.4f}")
-            + f"; adapter saved to {stage_dir(args.output_dir, stage.number)}"
+            + (f"; adapter saved to {stage_dir(args.output_dir, stage.number)}" if lora else "")
         )
 
     def on_train_end(self, args, state, control, **kwargs):
         self._close_training_bar()
-        if self.trainer.stage_summaries:
+        if not self.trainer.stage_summaries:
+            return
+        done = f"Curriculum done ({len(self.trainer.stage_summaries)} stages): "
+        if self.trainer.stage_adapters is not None:
             self.write(
-                f"Curriculum done ({len(self.trainer.stage_summaries)} stages): the combined adapter for the original "
-                f"base model is in {args.output_dir} (PeftModel.from_pretrained(base, {args.output_dir!r}))."
+                done + f"the combined adapter for the original base model is in {args.output_dir} "
+                f"(PeftModel.from_pretrained(base, {args.output_dir!r}))."
             )
+        else:
+            self.write(done + f"the trained model is in {args.output_dir}, saved as `SFTTrainer` saves it.")
 
     def _close_training_bar(self) -> None:
         if self.training_bar is not None:

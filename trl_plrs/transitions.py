@@ -51,13 +51,15 @@ from .adapters import (
     upcast_base_weights,
 )
 from .checkpointing import atomic_path, install_files
-from .curriculum import Stage
+from .curriculum import PRESETS, Stage
 from .trainer_internals import cast_adapter_like_sft
 
 
 logger = get_logger(__name__)
 
 ADAPTER_TRANSITIONS = ("auto", "merge", "fp32_merge", "stack")
+# What a curriculum without a fresh LoRA adapter per stage does at a transition: its trainable parameters carry on.
+CARRY = "carry"
 MERGE_TRANSITIONS = ("merge", "fp32_merge")
 # Share of a merged update rounded away above which a merge warns (fp32 weights lose ~1e-7, bf16 ones up to ~0.8).
 MERGE_LOSS_WARNING_THRESHOLD = 0.01
@@ -393,26 +395,31 @@ def export_combined_adapter(
 # Checks of the LoRA settings --------------------------------------------------------------------------------------
 
 
-def check_peft_config(model, peft_config) -> None:
+def check_peft_config(model, peft_config, args) -> str:
+    """
+    Check what the stages train and return its kind: `"lora"` (a fresh LoRA adapter per stage, shrinking ranks),
+    `"peft"` (one adapter of another PEFT method, or of a ready `PeftModel`, carried through every stage) or `"full"`
+    (the model's own parameters, without `peft_config`).
+    """
     # (`accelerate.utils.is_peft_model` would import DeepSpeed, which logs 'Setting accelerator to CPU', to unwrap an
     # engine that a model passed to `__init__` cannot be.)
     if isinstance(model, PeftModel):
-        raise ValueError(
-            "`model` is already a `PeftModel`. `CurriculumSFTTrainer` creates and swaps the LoRA adapters itself: "
-            "pass the base model (merge the existing adapter first with `model.merge_and_unload()`) and a "
-            "`peft_config`."
-        )
+        if peft_config is not None:
+            raise ValueError(
+                "`model` is already a `PeftModel` and a `peft_config` was passed too. Pass the `PeftModel` alone to "
+                "carry its adapter through every stage, or its base (`model.get_base_model()`, after "
+                "`merge_and_unload()` to keep what it learned) with a `LoraConfig` for a fresh adapter per stage."
+            )
+        return _carried("peft", args)
     if peft_config is None:
+        return _carried("full", args)
+    if not isinstance(peft_config, PeftConfig):
         raise ValueError(
-            "`peft_config` is required: every curriculum stage trains a fresh LoRA adapter. Pass e.g. "
-            "`peft_config=LoraConfig(target_modules='all-linear', lora_dropout=0.05)`."
+            f"`peft_config` must be a `peft.PeftConfig` (e.g. a `LoraConfig`) or None, but the value passed is "
+            f"{peft_config!r}."
         )
     if not isinstance(peft_config, LoraConfig):
-        kind = type(peft_config).__name__ if isinstance(peft_config, PeftConfig) else repr(peft_config)
-        raise ValueError(
-            f"`peft_config` must be a `peft.LoraConfig`, but the value passed is {kind}. Progressive rank shrinking "
-            "applies to LoRA adapters only."
-        )
+        return _carried("peft", args)
     if peft_config.init_lora_weights not in EXACT_LORA_INITS:
         raise ValueError(
             f"`peft_config.init_lora_weights` is {peft_config.init_lora_weights!r}, which does not start a new adapter "
@@ -438,6 +445,26 @@ def check_peft_config(model, peft_config) -> None:
                 "adapters must be plain LoRA A/B matrices of one rank so that they can be merged and concatenated. "
                 f"Unset `{name}`."
             )
+    return "lora"
+
+
+def _carried(kind: str, args) -> str:
+    """Full fine-tuning or one carried PEFT adapter: no rank schedule applies, and one that is asked for is refused."""
+    what = "full fine-tuning (no `peft_config`)" if kind == "full" else "an adapter carried through every stage"
+    if args.lora_ranks is not None:
+        raise ValueError(
+            f"`lora_ranks` is {args.lora_ranks}, but with {what} no stage trains a fresh LoRA adapter, so there is no "
+            "rank to give. Pass `peft_config=LoraConfig(...)` for Progressive LoRA Rank Shrinking, or unset "
+            "`lora_ranks`."
+        )
+    preset = PRESETS.get(args.plrs_preset) if args.plrs_preset is not None else None
+    if preset is not None and len(set(preset.lora_ranks)) > 1:
+        raise ValueError(
+            f"`plrs_preset={args.plrs_preset!r}` shrinks the LoRA rank from stage to stage, but with {what} no stage "
+            "trains a fresh LoRA adapter. Pass `peft_config=LoraConfig(...)`, or use a preset of one rank "
+            "('direct', 'seq_no_replay', 'seq_full_replay'), whose stages and replay apply."
+        )
+    return kind
 
 
 def check_first_stage_adapter(config: LoraConfig) -> None:
