@@ -401,12 +401,9 @@ def format_accuracy_table(before: dict | None, after: dict | None) -> str:
 def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: ModelConfig) -> dict:
     state = PartialState()
     offline = model_args.model_name_or_path is None
+    # Without `--use_peft` the curriculum fine-tunes the full model stage by stage (no rank schedule then: use a preset
+    # of one rank, e.g. `--plrs_preset seq_full_replay`), as TRL's `sft.py` does without it.
     peft_config = get_peft_config(model_args)
-    if peft_config is None:
-        raise ValueError(
-            "Every curriculum stage trains a LoRA adapter: pass `--use_peft` (with `--lora_target_modules ...`, "
-            "`--lora_dropout ...`; the ranks come from `--lora_ranks` or `--plrs_preset`)."
-        )
     train, validation, test = load_data(script_args, training_args, offline)
 
     quantization_config = None
@@ -568,9 +565,9 @@ def curriculum_help() -> str:
         lines += textwrap.wrap(text, width=118, initial_indent="  ", subsequent_indent="        ")
     lines += [
         "",
-        "LoRA (ModelConfig): --use_peft is required; --lora_target_modules and --lora_dropout apply to every stage.",
-        "  --lora_r/--lora_alpha are overridden by the ranks of --plrs_preset or --lora_ranks, and by",
-        "  --lora_alpha_ratio (alpha = ratio x rank; 2.0 with a preset).",
+        "LoRA (ModelConfig): --use_peft trains a fresh LoRA adapter per stage (without it, the full model);",
+        "  --lora_target_modules and --lora_dropout apply to every stage. --lora_r/--lora_alpha are overridden by the",
+        "  ranks of --plrs_preset or --lora_ranks, and by --lora_alpha_ratio (alpha = ratio x rank; 2.0 with a preset).",
         "",
         "Every option (script, TrainingArguments/SFTConfig, PLRSConfig, ModelConfig) follows.",
     ]

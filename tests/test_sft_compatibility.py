@@ -322,18 +322,23 @@ def test_eval_packing_warns_that_per_level_evaluation_is_off(tmp_path, tokenizer
 
 
 def test_train_output_reports_what_sft_trainer_reports(tmp_path, tokenizer):
+    # No log between steps (TRL's tests keep the default `logging_steps`): TRL's per-batch metrics reach the last entry.
     trainer = CurriculumSFTTrainer(
         build_tiny_model(tokenizer),
-        args=make_args(tmp_path, max_steps=1),
+        args=make_args(tmp_path, max_steps=1, logging_steps=10),
         train_dataset=make_leveled_dataset(),
         processing_class=tokenizer,
         peft_config=lora_config(),
     )
     output = trainer.train()
     expected = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
-    assert expected <= set(output.metrics)
+    assert expected | {"epoch"} <= set(output.metrics)
     assert output.metrics["train_loss"] == pytest.approx(output.training_loss)
-    assert trainer.state.log_history[-1]["train_loss"] == pytest.approx(output.training_loss)
+    last = trainer.state.log_history[-1]
+    assert last["train_loss"] == pytest.approx(output.training_loss)
+    # The log's tail has `SFTTrainer`'s shape: one training summary, carrying TRL's per-batch metrics.
+    assert {"mean_token_accuracy", "entropy", "num_tokens"} <= set(last)
+    assert sum("train_runtime" in entry for entry in trainer.state.log_history) == 1
 
 
 def test_one_stage_with_packing_equals_sft_trainer_with_packing(tmp_path, tokenizer):

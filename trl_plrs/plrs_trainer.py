@@ -473,7 +473,12 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.save_model(self.args.output_dir)
         self._install_combined_adapter()
         metrics = self._curriculum_metrics(start_time, first_stage)
-        self.log(dict(metrics))  # a copy: `PrinterCallback`/`ProgressCallback` pop `total_flos` from what they print
+        # One closing summary, as `SFTTrainer`'s log ends: in train mode it carries TRL's per-batch metrics of the last
+        # steps (token accuracy, entropy, tokens seen), as `SFTTrainer.log` adds them.
+        self.model.train()
+        logged = dict(metrics)  # a copy: `PrinterCallback`/`ProgressCallback` pop `total_flos` from what they print
+        self.log(logged)
+        metrics.update({key: logged[key] for key in ("epoch",) if key in logged})
         # Only now do trackers end their run: after the last stage, the final save and the final metrics.
         self.control = self.callback_handler.end_curriculum(self.args, self.state, self.control)
         return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
@@ -709,8 +714,13 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """
         Log as [`~trl.SFTTrainer`] does, adding `stage`, `lora_rank` and `trainable_params` to `logs` (in place, so
-        that `evaluate()` returns them too). `epoch` counts on across stages; `stage_epoch` is the stage's own.
+        that `evaluate()` returns them too). `epoch` counts on across stages; `stage_epoch` is the stage's own. A
+        stage's own training summary is left out: the log ends with one summary of the whole curriculum.
         """
+        if "train_runtime" in logs and self.curriculum_state.stage < len(self.stages):
+            # A stage's own training summary, from the end of the Trainer's loop: kept in `stage_summaries`, not in the
+            # log, which ends with the curriculum's one summary as `SFTTrainer`'s ends with its own.
+            return
         stage = self.stages[min(self.curriculum_state.stage, len(self.stages) - 1)]
         logs["stage"] = stage.number
         if stage.lora_rank is not None:
