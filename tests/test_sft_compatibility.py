@@ -498,3 +498,129 @@ def test_one_adapter_is_carried_through_every_stage(tmp_path, tokenizer, kind):
     reloaded = PeftModel.from_pretrained(build_tiny_model(tokenizer), trainer.args.output_dir)
     batch = probe(tokenizer)
     torch.testing.assert_close(logits(reloaded, batch), logits(trainer.model, batch), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The categories of TRL's own `tests/test_sft_trainer.py`, through a curriculum: where one stage should equal
+# `SFTTrainer`, the trained weights are compared.
+
+
+def _rows(kind: str, count: int = 12):
+    """Rows of TRL's dataset formats, with a `level` column (1-3)."""
+    from datasets import Dataset
+
+    rows = []
+    for i in range(count):
+        question, answer = f"What is {i} + {i + 3}?", f"{i} + {i + 3} = {2 * i + 3}."
+        row = {
+            "language_modeling": {"text": f"{question} {answer}"},
+            "conversational_language_modeling": {
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            },
+            "prompt_completion": {"prompt": question, "completion": " " + answer},
+            "conversational_prompt_completion": {
+                "prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": answer}],
+            },
+        }[kind]
+        rows.append({**row, "level": 1 + i % 3})
+    return Dataset.from_list(rows)
+
+
+def _one_stage_beside_sft(tmp_path, tokenizer, dataset, peft_config, **overrides):
+    """`SFTTrainer` and a one-stage curriculum (all levels at once) on the same rows, seed and settings; both trained."""
+    common = dict(
+        use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=4, max_steps=3, learning_rate=5e-3,
+        save_strategy="no", disable_tqdm=True, seed=3, **overrides,
+    )  # fmt: skip
+    sft = SFTTrainer(
+        build_tiny_model(tokenizer),
+        args=SFTConfig(str(tmp_path / "sft"), **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    sft.train()
+    from trl_plrs import PLRSConfig
+
+    ours = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=PLRSConfig(str(tmp_path / "ours"), curriculum_stages=["1,2,3"], **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    ours.train()
+    return sft, ours
+
+
+def _assert_same_trained_weights(sft, ours, atol=1e-6):
+    """The weights `SFTTrainer` trained equal the curriculum's (its stage adapter in LoRA mode, else the model's)."""
+    if ours.stage_adapters is not None:
+        from .test_plrs_trainer import assert_same_adapter
+
+        assert_same_adapter(sft.model, stage_dir(ours.args.output_dir, 1), atol=atol)
+        return
+    expected = dict(sft.model.named_parameters())
+    for name, param in ours.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, expected[name], atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "kind, overrides",
+    [
+        ("language_modeling", {}),
+        ("conversational_language_modeling", {}),
+        ("conversational_language_modeling", {"assistant_only_loss": True}),
+        ("prompt_completion", {}),
+        ("prompt_completion", {"completion_only_loss": False}),
+        ("conversational_prompt_completion", {"gradient_checkpointing": True}),
+        ("conversational_language_modeling", {"max_length": 12}),  # truncated rows
+    ],
+)
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_one_stage_equals_sft_trainer_on_trls_dataset_formats(tmp_path, tokenizer, kind, overrides, peft):
+    peft_config = lora_config(r=8, lora_alpha=16) if peft == "lora" else None
+    sft, ours = _one_stage_beside_sft(tmp_path, tokenizer, _rows(kind), peft_config, **overrides)
+    # The same tokenized rows (labels and masks included), and the same trained weights.
+    assert ours.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
+    for column in ("completion_mask", "assistant_masks"):
+        if column in sft.train_dataset.column_names:
+            assert ours.train_dataset[column] == sft.train_dataset[column]
+    _assert_same_trained_weights(sft, ours)
+
+
+def test_a_dict_of_eval_datasets_and_compute_metrics_as_in_sft_trainer(tmp_path, tokenizer):
+    """Several named eval sets (evaluated as given, not per level) and `compute_metrics`, as `SFTTrainer` reports them."""
+    calls = []
+
+    def compute_metrics(prediction):
+        calls.append(prediction.predictions.shape)
+        return {"custom": 1.0}
+
+    eval_sets = {"a": _rows("prompt_completion", 4), "b": _rows("prompt_completion", 6)}
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=3, max_steps=3),
+        train_dataset=_rows("prompt_completion"),
+        eval_dataset=eval_sets,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+    )
+    trainer.train()
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert {"eval_a_loss", "eval_b_loss", "eval_a_custom", "eval_b_custom"} <= logged
+    assert len(calls) == 2 * 3  # both sets, at the end of each of the 3 stages
+    metrics = trainer.evaluate()
+    assert {"eval_a_loss", "eval_b_custom", "stage"} <= set(metrics)
+
+
+def test_the_model_card_carries_trls_tags_and_the_curriculums(tmp_path, tokenizer):
+    trainer = train(tmp_path, tokenizer, max_steps=1)
+    with open(os.path.join(trainer.args.output_dir, "README.md")) as file:
+        card = file.read()
+    for tag in ("trl", "sft", "curriculum", "plrs"):
+        assert f"- {tag}" in card, tag
