@@ -179,6 +179,12 @@ def test_resume_at_the_end_of_a_stage_that_ends_mid_epoch(tmp_path, tokenizer, m
     _trainer(tmp_path / "uninterrupted", tokenizer, **settings).train()
     with pytest.raises(RuntimeError, match="killed at the stage's end"):
         _trainer(tmp_path / "interrupted", tokenizer, callbacks=[DieAtStageEnd(0)], **settings).train()
+    # The stage-end checkpoint holds no optimizer or scheduler state (the next stage discards them), a mid-stage one
+    # does; the resume below from the stage-end one is exact all the same.
+    assert not os.path.exists(tmp_path / "interrupted" / "checkpoint-4" / "optimizer.pt")
+    assert not os.path.exists(tmp_path / "interrupted" / "checkpoint-4" / "scheduler.pt")
+    assert os.path.isfile(tmp_path / "interrupted" / "checkpoint-4" / "rng_state.pth")
+    assert os.path.isfile(tmp_path / "interrupted" / "checkpoint-3" / "optimizer.pt")
     resumed = _trainer(tmp_path / "interrupted", tokenizer, **settings)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 12  # no extra step after the resumed stage's last one

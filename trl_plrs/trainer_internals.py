@@ -42,6 +42,7 @@ REQUIRED_TRAINER_METHODS = (
     "_load_from_checkpoint",
     "_load_rng_state",
     "_prepare_dataset",
+    "_save_optimizer_and_scheduler",
 )
 TESTED_VERSIONS = {"transformers": "5.20.0 to 5.24.0", "trl": "1.16.0"}
 
@@ -98,6 +99,16 @@ class TrainerInternalsMixin:
             )
             self.save_curriculum_state(checkpoint_dir)
         super()._save_checkpoint(model, trial)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # `Trainer._save_optimizer_and_scheduler(output_dir)` writes `optimizer.pt` and `scheduler.pt` into a checkpoint.
+        # At a stage's last step (where transformers also saves when `save_strategy="steps"`, so every stage ends with
+        # a checkpoint) they are of no use: the next stage builds a new optimizer and scheduler, and a resume from
+        # that checkpoint runs no step of its stage. Skipped there, except under DeepSpeed, whose resume loads its
+        # engine checkpoint. The checkpoint keeps the weights, the RNG state and the curriculum state exact resume needs.
+        if self.state.global_step >= self.state.max_steps and not self.is_deepspeed_enabled:
+            return
+        super()._save_optimizer_and_scheduler(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # `Trainer._load_from_checkpoint` reloads the PEFT adapters of a checkpoint, then activates only the first
