@@ -333,6 +333,28 @@ def save_demo_base(model, tokenizer, base_dir: str):
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=model.dtype)
 
 
+def record_evaluation(output_dir: str, model_args, script_args, test, offline: bool) -> None:
+    """
+    Record in `output_dir` what evaluating the run needs (`evaluation.json`): `examples/evaluate_math.py --adapter_path
+    OUTPUT_DIR` then evaluates it as this run did (the base model, the system prompt it trained with, the budget and
+    the test split), from wherever the folder is. The demo's test split is saved beside it.
+    """
+    from trl_plrs.math.evaluation import write_evaluation_settings
+
+    if offline:
+        base = os.path.join(output_dir, DEMO_BASE_DIR)
+        test_split = os.path.join(output_dir, "test_split.jsonl")
+        test.to_json(test_split)
+    else:
+        base = model_args.model_name_or_path
+        test_split = {
+            "source": script_args.test_dataset_path or script_args.dataset_name,
+            "split": script_args.dataset_test_split,
+            "limit": script_args.eval_limit,
+        }
+    write_evaluation_settings(output_dir, base, script_args.system_prompt, script_args.eval_max_new_tokens, test_split)
+
+
 # What a run leaves in `output_dir`, in the order it is listed at the end.
 OUTPUTS = [
     ("adapter_config.json", "combined adapter of every stage, for the original base (PeftModel.from_pretrained)"),
@@ -346,6 +368,8 @@ OUTPUTS = [
     ("eval-before", "exact match on the test split before training (predictions.csv, summary.md)"),
     ("eval", "exact match on the test split after training (predictions.csv, summary.md)"),
     ("run_summary.json", "the stage summaries and the accuracies above"),
+    ("evaluation.json", "what evaluating the run needs: base, system prompt, budget, test split (evaluate_math.py)"),
+    ("test_split.jsonl", "the demo's test split"),
 ]
 
 
@@ -521,6 +545,7 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
     if state.is_main_process:
         with open(os.path.join(training_args.output_dir, "run_summary.json"), "w") as file:
             json.dump(results, file, indent=2)
+        record_evaluation(training_args.output_dir, model_args, script_args, test, offline)
     state.print(f"\nOutputs\n{format_outputs(training_args.output_dir)}")
     trainer.accelerator.end_training()
     return results

@@ -222,6 +222,55 @@ def test_offline_demo_output_reloads_from_its_folder_alone(train_plrs, tmp_path)
     assert completions[0] == completions[1] and len(completions[0]) == results["after"]["overall"]["count"]
 
 
+def test_the_demo_re_evaluates_from_its_folder_alone_after_a_move(train_plrs, tmp_path, capsys):
+    """`evaluate_math.py --adapter_path RUN` uses what the run recorded (base, system prompt, budget, test split), so
+    the demo's accuracy comes back exactly, from a copy of the folder elsewhere; a flag that differs wins, and says so."""
+    import shutil
+
+    evaluate = load_script("evaluate_math")
+    results = train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "demo")))
+    moved = tmp_path / "elsewhere" / "demo"
+    shutil.move(str(tmp_path / "demo"), str(moved))
+    settings = json.loads((moved / "evaluation.json").read_text())
+    assert settings["base_model"] == "base_model" and settings["test_split"] == "test_split.jsonl"
+    assert settings["system_prompt"] == train_plrs.DEMO_SYSTEM_PROMPT and settings["max_new_tokens"] == 4
+
+    (args,) = evaluate.TrlParser(dataclass_types=[evaluate.EvaluateArguments]).parse_args_and_config(
+        args=["--adapter_path", str(moved), "--output_dir", str(tmp_path / "again")]
+    )
+    summary = evaluate.main(args)
+    assert summary["overall"] == results["after"]["overall"]
+    completions = []
+    for folder in (moved / "eval", tmp_path / "again"):
+        with open(folder / "predictions.csv", newline="") as file:
+            completions.append([row["completion"] for row in csv.DictReader(file)])
+    assert completions[0] == completions[1]
+
+    (args,) = evaluate.TrlParser(dataclass_types=[evaluate.EvaluateArguments]).parse_args_and_config(
+        args=["--adapter_path", str(moved), "--output_dir", str(tmp_path / "other"), "--system_prompt", "Be brief."]
+    )
+    evaluate.main(args)
+    assert "--system_prompt 'Be brief.' differs from the run's" in capsys.readouterr().out
+
+
+def test_rescoring_writes_beside_the_csv(tmp_path):
+    evaluate = load_script("evaluate_math")
+    from trl_plrs.math.evaluation import PREDICTION_COLUMNS
+
+    csv_path = tmp_path / "run" / "predictions.csv"
+    csv_path.parent.mkdir()
+    with open(csv_path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=PREDICTION_COLUMNS)
+        writer.writeheader()
+        writer.writerow({"unique_id": "a", "level": "Level 1", "type": "Algebra", "problem": "1+1", "gold": "2",
+                         "completion": "\\boxed{2}", "prediction": "2", "correct_strict": 1, "correct_symbolic": 1})  # fmt: skip
+    (args,) = evaluate.TrlParser(dataclass_types=[evaluate.EvaluateArguments]).parse_args_and_config(
+        args=["--rescore_csv", str(csv_path)]
+    )
+    evaluate.main(args)
+    assert (tmp_path / "run" / "summary.json").is_file() and not os.path.exists("eval/summary.json")
+
+
 @pytest.mark.slow
 def test_run_baselines_writes_one_table(tmp_path):
     run_baselines = load_script("run_baselines")

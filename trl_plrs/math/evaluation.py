@@ -62,6 +62,8 @@ PART_FILENAME = "predictions.part-{rank}.csv"
 PART_FILENAME_PATTERN = "predictions.part-*.csv"
 SUMMARY_JSON_FILENAME = "summary.json"
 SUMMARY_MARKDOWN_FILENAME = "summary.md"
+# What evaluating a training run needs, recorded in its output folder (see `write_evaluation_settings`).
+EVALUATION_SETTINGS_FILENAME = "evaluation.json"
 
 
 @contextmanager
@@ -477,3 +479,55 @@ def rescore_predictions(csv_path: str, output_dir: str | None = None) -> dict:
     os.makedirs(output_dir, exist_ok=True)
     _write_predictions(os.path.join(output_dir, PREDICTIONS_FILENAME), regraded)
     return _write_summary(output_dir, regraded, {"num_rescored": len(regraded), "modes": list(GRADING_MODES)})
+
+
+def write_evaluation_settings(
+    run_dir: str,
+    base_model: str,
+    system_prompt: str | None,
+    max_new_tokens: int,
+    test_split: str | dict | None,
+) -> str:
+    """
+    Record in a training run's folder what evaluating it needs: the base model (a path inside `run_dir` is recorded
+    relative to it, so the folder can move), the system prompt it trained with, the generation budget, and where its
+    test split is (a file inside `run_dir`, relative, or `{"source": ..., "split": ..., "limit": ...}`).
+    `examples/evaluate_math.py --adapter_path RUN_DIR` uses them by default. Returns the file's path.
+    """
+    from ..checkpointing import write_json_atomic
+
+    root = os.path.abspath(run_dir)
+
+    def relative(value):
+        """A local path inside `run_dir`, relative to it; anything else (a hub id, a path elsewhere) as given."""
+        if not (isinstance(value, str) and os.path.exists(value)):
+            return value
+        absolute = os.path.abspath(value)
+        return os.path.relpath(absolute, root) if os.path.commonpath([absolute, root]) == root else absolute
+
+    path = os.path.join(run_dir, EVALUATION_SETTINGS_FILENAME)
+    settings = {
+        "base_model": relative(base_model),
+        "system_prompt": system_prompt,
+        "max_new_tokens": max_new_tokens,
+        "test_split": relative(test_split),
+    }
+    write_json_atomic(path, settings)
+    return path
+
+
+def read_evaluation_settings(run_dir: str) -> dict:
+    """
+    The settings [`write_evaluation_settings`] recorded in `run_dir`, with paths inside it resolved against it (so a
+    moved or copied folder still finds its base model and test split); `{}` when there are none.
+    """
+    path = os.path.join(run_dir, EVALUATION_SETTINGS_FILENAME)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        settings = json.load(file)
+    for name in ("base_model", "test_split"):
+        value = settings.get(name)
+        if isinstance(value, str) and not os.path.isabs(value) and os.path.exists(os.path.join(run_dir, value)):
+            settings[name] = os.path.join(run_dir, value)
+    return settings
