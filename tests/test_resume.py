@@ -143,6 +143,25 @@ def test_a_new_run_in_an_old_runs_folder_resumes_itself(tmp_path, tokenizer, cap
         torch.testing.assert_close(shared[key], value, atol=1e-6, rtol=0, msg=key)
 
 
+def test_a_new_run_sets_an_old_runs_outputs_aside(tmp_path, tokenizer, caplog):
+    """A different run in a used folder moves the other run's stage adapters and evaluations aside, with a warning,
+    so that what the folder lists is its own; a rerun of the same configuration moves nothing."""
+    folder = tmp_path / "shared"
+    _trainer(folder, tokenizer).train()  # 3 stages
+    with caplog.at_level("WARNING"):
+        _trainer(folder, tokenizer, lora_ranks=[4], curriculum_stages=["1,2,3"]).train()
+    assert "held the outputs of another run" in caplog.text and "previous-run-1" in caplog.text
+    assert sorted(name for name in os.listdir(folder) if name.startswith("stage-")) == ["stage-1"]
+    old = folder / "previous-run-1"
+    assert sorted(name for name in os.listdir(old) if name.startswith("stage-")) == ["stage-1", "stage-2", "stage-3"]
+    assert '"r": 28' in (old / "adapter_config.json").read_text()  # the old combined adapter, kept whole
+    assert '"r": 4' in (folder / "adapter_config.json").read_text()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _trainer(folder, tokenizer, lora_ranks=[4], curriculum_stages=["1,2,3"]).train()
+    assert "another run" not in caplog.text and not (folder / "previous-run-2").exists()
+
+
 def test_staging_leftovers_are_removed_at_the_next_start(tmp_path, tokenizer):
     leftovers = [
         tmp_path / ".adapter-abc123.tmp",

@@ -72,6 +72,7 @@ from .resume import (
     curriculum_train_metrics,
     read_checkpoint_state,
     resumed_stage_position,
+    set_aside_other_runs_outputs,
     write_checkpoint_state,
 )
 from .stage_data import (
@@ -443,6 +444,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "This trainer has already run its curriculum. Create a new `CurriculumSFTTrainer` to train again, or "
                 "pass `resume_from_checkpoint` to continue from a checkpoint."
             )
+        else:
+            self._set_aside_other_runs_outputs()
         self.state = TrainerState()
         resume_from_checkpoint = checkpoint
         first_stage = self.curriculum_state.stage
@@ -673,6 +676,19 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage, frozen_adapters=frozen)
         self.stage_summaries = summaries
         logger.info(f"Resuming the curriculum at stage {state.stage + 1} from {checkpoint}.")
+
+    def _set_aside_other_runs_outputs(self) -> None:
+        """A fresh start in a folder that holds another run's outputs moves them aside first, with a warning."""
+        moved_to = None
+        if self.args.should_save:
+            moved_to = set_aside_other_runs_outputs(self.args.output_dir, self.curriculum_fingerprint())
+        if moved_to is not None:
+            logger.warning(
+                f"`output_dir` ({self.args.output_dir}) held the outputs of another run (stage adapters, evaluations, "
+                f"the combined adapter): moved to {moved_to}, so that the folder holds this run's alone. Use a new "
+                "`output_dir` per run to keep them apart; to continue that run, resume it with its own configuration."
+            )
+        self.accelerator.wait_for_everyone()
 
     def after_checkpoint_load(self, checkpoint: str) -> None:
         """After the Trainer loaded `checkpoint`'s adapters: the trainable one reloaded, the frozen one active again."""

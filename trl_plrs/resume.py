@@ -264,3 +264,49 @@ def curriculum_train_metrics(
     )
     metrics["train_loss"] = sum(summary.train_loss * summary.steps for summary in summaries) / max(total_steps, 1)
     return metrics
+
+
+# The run that last started in an `output_dir`, by fingerprint: a new run tells its own outputs from another run's.
+RUN_RECORD_NAME = "curriculum_run.json"
+# What a curriculum run writes at the top of its `output_dir` (checkpoints and computed levels aside: checkpoints are
+# told apart by their own fingerprints, and the levels are this run's by the time it trains).
+RUN_OUTPUT_PATTERNS = (
+    "stage-*",
+    "stage_eval",
+    "forgetting_matrix.json",
+    "forgetting_matrix.csv",
+    "forgetting_heatmap.png",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "README.md",
+    "training_args.bin",
+)
+
+
+def set_aside_other_runs_outputs(output_dir: str, fingerprint) -> str | None:
+    """
+    At the fresh start of a run: if `output_dir` holds the outputs of another run (another fingerprint, or outputs
+    without a record), move them into `output_dir/previous-run-<n>/` (nothing is deleted) and return that folder; then
+    record this run. A rerun of the same configuration finds its own record and moves nothing (it overwrites its
+    outputs as it goes). Checkpoints stay where they are: a resume tells them apart by their fingerprints.
+    """
+    import glob
+    import shutil
+
+    record = os.path.join(output_dir, RUN_RECORD_NAME)
+    previous = read_json(record)["fingerprint"] if os.path.isfile(record) else None
+    outputs = sorted(
+        {path for pattern in RUN_OUTPUT_PATTERNS for path in glob.glob(os.path.join(output_dir, pattern))}
+    )
+    moved_to = None
+    if outputs and (previous is None or fingerprint_differences(previous, fingerprint)):
+        number = 1
+        while os.path.exists(os.path.join(output_dir, f"previous-run-{number}")):
+            number += 1
+        moved_to = os.path.join(output_dir, f"previous-run-{number}")
+        os.makedirs(moved_to)
+        for path in outputs + ([record] if previous is not None else []):
+            shutil.move(path, os.path.join(moved_to, os.path.basename(path)))
+    os.makedirs(output_dir, exist_ok=True)
+    write_json_atomic(record, {"fingerprint": fingerprint})
+    return moved_to
