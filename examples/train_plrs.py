@@ -124,7 +124,10 @@ DEMO_TRAINING_DEFAULTS = dict(
     per_device_train_batch_size=4,  # many small steps: a random base needs updates more than big batches
     max_length=256,
     logging_steps=25,
-    save_strategy="no",
+    # One checkpoint at the end of every stage (transformers saves at the end of each stage's loop; the curriculum
+    # leaves the optimizer state out of it), so that an interrupted demo resumes with `--resume_from_checkpoint True`.
+    save_strategy="steps",
+    save_steps=10_000,
     report_to="none",
     seed=7,
     # Exact match per level on the validation rows (from TRAIN) after every stage: the forgetting matrix and heatmap.
@@ -482,10 +485,13 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
 
     before = None
     if script_args.eval_before_training:
-        if offline:
-            before = evaluate(
-                model, tokenizer, test, script_args, os.path.join(training_args.output_dir, "eval-before")
-            )
+        before_dir = os.path.join(training_args.output_dir, "eval-before")
+        summary_path = os.path.join(before_dir, "summary.json")
+        if training_args.resume_from_checkpoint and os.path.isfile(summary_path):
+            with open(summary_path) as file:  # a resumed run evaluated its base before it was interrupted
+                before = json.load(file)
+        elif offline:
+            before = evaluate(model, tokenizer, test, script_args, before_dir)
         else:
             logger.warning(
                 "`eval_before_training` evaluates the base model with `examples/evaluate_math.py`; skipped."
@@ -619,4 +625,13 @@ def make_parser(argv: list[str] | None = None) -> TrlParser:
 if __name__ == "__main__":
     parser = make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    try:
+        main(script_args, training_args, model_args)
+    except KeyboardInterrupt:
+        # One line instead of a traceback: what was saved, and how to go on from it.
+        print(
+            f"\nInterrupted. Checkpoints in {training_args.output_dir} (one at the end of every finished stage with "
+            "save_strategy='steps') resume the run: rerun the same command with --resume_from_checkpoint True.",
+            file=sys.stderr,
+        )
+        sys.exit(130)

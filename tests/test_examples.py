@@ -253,6 +253,18 @@ def test_the_demo_re_evaluates_from_its_folder_alone_after_a_move(train_plrs, tm
     assert "--system_prompt 'Be brief.' differs from the run's" in capsys.readouterr().out
 
 
+def test_the_demo_resumes_from_the_command_line(train_plrs, tmp_path):
+    """The demo saves a checkpoint at every stage end, so `--resume_from_checkpoint True` (a string, as typed) resumes
+    it: here at its last checkpoint, which trains nothing again and reuses the evaluation before training."""
+    first = train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "demo")))
+    checkpoints = sorted(name for name in os.listdir(tmp_path / "demo") if name.startswith("checkpoint-"))
+    assert len(checkpoints) == 5  # one per stage end
+    assert not any(os.path.exists(tmp_path / "demo" / name / "optimizer.pt") for name in checkpoints)
+    again = train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "demo", "--resume_from_checkpoint", "True")))
+    assert again["before"] == first["before"] and again["after"]["overall"] == first["after"]["overall"]
+    assert [summary["steps"] for summary in again["stage_summaries"]] == [1, 1, 1, 1, 1]
+
+
 def test_rescoring_writes_beside_the_csv(tmp_path):
     evaluate = load_script("evaluate_math")
     from trl_plrs.math.evaluation import PREDICTION_COLUMNS
