@@ -76,3 +76,22 @@ def test_curriculum_trains_without_math_verify_and_matplotlib(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert "stages 2" in lines and "strict True" in lines
     assert any(line.startswith("symbolic") and "pip install trl_plrs[math]" in line for line in lines)
+
+
+def test_import_prints_no_notice_of_optional_dependencies():
+    """bitsandbytes' missing-`kernels` notice and DeepSpeed's 'Setting accelerator to CPU' are filtered by message on
+    their own loggers; a warning of theirs about something else still shows."""
+    result = run_python(
+        """
+        import logging
+        import trl_plrs
+        import deepspeed  # as TRL imports it, to check whether a model is wrapped
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator()
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes warning")
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gemm_4bit_forward" not in result.stderr and "Setting accelerator to CPU" not in result.stderr
+    assert "another bitsandbytes warning" in result.stderr

@@ -16,14 +16,37 @@
 __version__ = "0.1.0.dev0"
 
 import importlib
+import logging
 
-from .callbacks import CurriculumCallback, PLRSCallback
-from .curriculum import PRESETS, Stage, build_stages, parse_level
-from .data import split_train_validation
-from .plrs_config import PLRSConfig
-from .plrs_trainer import CurriculumSFTTrainer
-from .replay import stage_row_indices
-from .resume import CurriculumState, StageSummary
+
+def _quiet_cpu_only_notices() -> None:
+    """
+    Two notices of optional dependencies that a curriculum on a machine without an accelerator triggers on import,
+    about nothing it does, filtered by message on their own loggers (nothing else of theirs is hidden):
+    bitsandbytes (which PEFT imports) on CPUs with AVX512-BF16 without the `kernels` package, that a faster CPU kernel
+    for 4-bit *inference* could not be loaded (training turns that path off, `trl_plrs.quantization`); DeepSpeed (which
+    TRL imports to check whether a model is wrapped), that it found no accelerator (on a machine that has none).
+    """
+    import torch
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "gemm_4bit_forward" not in record.getMessage()
+    )
+    if not torch.accelerator.is_available():
+        logging.getLogger("DeepSpeed").addFilter(
+            lambda record: not record.getMessage().startswith("Setting accelerator to CPU")
+        )
+
+
+_quiet_cpu_only_notices()
+
+from .callbacks import CurriculumCallback, PLRSCallback  # noqa: E402
+from .curriculum import PRESETS, Stage, build_stages, parse_level  # noqa: E402
+from .data import split_train_validation  # noqa: E402
+from .plrs_config import PLRSConfig  # noqa: E402
+from .plrs_trainer import CurriculumSFTTrainer  # noqa: E402
+from .replay import stage_row_indices  # noqa: E402
+from .resume import CurriculumState, StageSummary  # noqa: E402
 
 
 # MATH helpers, from `trl_plrs.math`, imported on first use so that `import trl_plrs` needs neither math-verify nor the
