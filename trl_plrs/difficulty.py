@@ -248,15 +248,15 @@ def compute_levels(
     output_dir: str,
     model_key: dict[str, str],
     score: Callable[[Dataset, str], list[float]],
-    read_saved: Callable[[Callable[[], Any]], Any],
+    accelerator,
     should_save: bool,
 ) -> ComputedLevels:
     """
     Score every prepared training row with `score(rows, split)`, cut the rows into `num_levels` equal-size levels,
     write them to `output_dir/difficulty.csv` (if `should_save`) and bin the evaluation rows with the same thresholds.
     A `"base_loss"` run that finds the levels it would compute already in `output_dir` (same data, model and
-    settings: a resume, or a rerun) reads them instead of scoring again; `read_saved(read)` runs `read` where the
-    run decides for every process (its main process) and hands every process the result.
+    settings: a resume, or a rerun) reads them instead of scoring again: the `accelerator`'s main process decides for
+    every process, so that all score, or none does.
     """
     method = method_name(difficulty)
     key = {
@@ -265,7 +265,13 @@ def compute_levels(
         "data_sha256": data_fingerprint(dataset),
         "model": model_key,
     }
-    saved = read_saved(lambda: read_difficulty(output_dir, key)) if difficulty == "base_loss" else None
+    saved = None
+    if difficulty == "base_loss":
+        saved = read_difficulty(output_dir, key) if accelerator.is_main_process else None
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            saved = broadcast_object_list([saved])[0]
     if saved is not None:
         scores, levels, thresholds = saved
     else:

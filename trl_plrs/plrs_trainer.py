@@ -30,7 +30,6 @@ from collections.abc import Callable
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from peft import LoraConfig
 from peft.utils.error import NoMatchingPeftModuleError
@@ -71,7 +70,6 @@ from .resume import (
     curriculum_fingerprint,
     curriculum_train_metrics,
     read_checkpoint_state,
-    resumed_stage_position,
     set_aside_other_runs_outputs,
     write_checkpoint_state,
 )
@@ -93,7 +91,6 @@ from .stage_evaluation import (
 from .trainer_internals import (
     TrainerInternalsMixin,
     check_trainer_internals,
-    early_stopped_at_checkpoint,
     early_stopping_triggered,
     model_name_or_path,
     quiet_peft_gradient_checkpointing_warning,
@@ -352,7 +349,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             args.output_dir,
             self._base_model_fingerprint(),
             score=self.score_difficulty,
-            read_saved=self._decided_on_main_process,
+            accelerator=self.accelerator,
             should_save=args.should_save,
         )
         self.difficulty = computed.record
@@ -362,11 +359,6 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         )
         if computed.eval_levels is not None:
             self.eval_dataset = self.eval_dataset.add_column(column, computed.eval_levels)
-
-    def _decided_on_main_process(self, read: Callable):
-        """`read()` on the main process, its result handed to every process (so that all score, or none does)."""
-        value = read() if self.accelerator.is_main_process else None
-        return broadcast_object_list([value])[0] if self.accelerator.num_processes > 1 else value
 
     def score_difficulty(self, dataset: Dataset, split: str) -> list[float]:
         """
@@ -444,8 +436,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
                 "This trainer has already run its curriculum. Create a new `CurriculumSFTTrainer` to train again, or "
                 "pass `resume_from_checkpoint` to continue from a checkpoint."
             )
-        else:
-            self._set_aside_other_runs_outputs()
+        elif self.args.should_save:  # a fresh start: another run's outputs in `output_dir` are moved aside first
+            set_aside_other_runs_outputs(self.args.output_dir, self.curriculum_fingerprint())
+        self.accelerator.wait_for_everyone()
         self.state = TrainerState()
         resume_from_checkpoint = checkpoint
         first_stage = self.curriculum_state.stage
@@ -475,7 +468,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
 
         self.save_model(self.args.output_dir)
         self._install_combined_adapter()
-        metrics = self._curriculum_metrics(start_time, first_stage)
+        metrics = curriculum_train_metrics(self.stage_summaries, first_stage, start_time, self.state.total_flos)
         # One closing summary, as `SFTTrainer`'s log ends: in train mode it carries TRL's per-batch metrics of the last
         # steps (token accuracy, entropy, tokens seen), as `SFTTrainer.log` adds them.
         self.model.train()
@@ -585,57 +578,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.stage_adapters.install_combined(self.args.output_dir)
         self.curriculum_state.frozen_adapters = []
 
-    def _curriculum_metrics(self, start_time: float, first_stage_index: int) -> dict[str, float]:
-        """The train metrics of the whole curriculum, as `SFTTrainer.train` reports them for one training."""
-        metrics = curriculum_train_metrics(self.stage_summaries, first_stage_index, start_time)
-        train_loss = metrics.pop("train_loss")
-        return {**metrics, "total_flos": self.state.total_flos, "train_loss": train_loss}
-
     def _call_stage_event(self, event: str, stage: Stage, **kwargs) -> None:
         self.control = getattr(self.callback_handler, event)(
             self.args, self.state, self.control, stage=stage, **kwargs
         )
-
-    def continue_training_state(
-        self,
-        previous: TrainerState,
-        resumed: bool,
-        max_steps: int,
-        num_update_steps_per_epoch: int,
-        num_train_epochs: int,
-        epochs_trained: int,
-        steps_trained_in_current_epoch: int,
-    ) -> tuple[int, int]:
-        """
-        Make the Trainer's new `TrainerState` of a stage continue the curriculum's, and return the stage's
-        `(epochs_trained, steps_trained_in_current_epoch)` for the data skip of a resume.
-
-        The Trainer starts a fresh `TrainerState` at every `train()`; a stage carries on the previous stage's step
-        count, log history, FLOs and token count instead, so `global_step` only grows and loggers see one run. A
-        resumed stage gets the checkpoint's state, whose `global_step` counts every stage; the data to skip is
-        counted within the stage. `state.max_steps` is the stage's last step.
-        """
-        if not resumed:
-            self.state.global_step = previous.global_step
-            self.state.log_history = previous.log_history
-            self.state.total_flos = previous.total_flos
-            self.state.num_input_tokens_seen = previous.num_input_tokens_seen
-            if previous.global_step > self.curriculum_state.stage_start_step:
-                # `previous` ended the stage before this one: its epochs count towards the continuous `epoch`.
-                self.curriculum_state.epochs_before_stage += previous.epoch or 0.0
-            self.curriculum_state.stage_start_step = previous.global_step
-        else:
-            epochs_trained, steps_trained_in_current_epoch = resumed_stage_position(
-                steps_in_stage=self.state.global_step - self.curriculum_state.stage_start_step,
-                stage_closed=early_stopped_at_checkpoint(self.state),
-                max_steps=max_steps,
-                num_update_steps_per_epoch=num_update_steps_per_epoch,
-                num_train_epochs=num_train_epochs,
-                skip_data=not self.args.ignore_data_skip,
-                gradient_accumulation_steps=self.args.gradient_accumulation_steps,
-            )
-        self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
-        return epochs_trained, steps_trained_in_current_epoch
 
     # Resume -------------------------------------------------------------------------------------------------------------
 
@@ -676,19 +622,6 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.curriculum_state = dataclasses.replace(state, adapter_stage=state.stage, frozen_adapters=frozen)
         self.stage_summaries = summaries
         logger.info(f"Resuming the curriculum at stage {state.stage + 1} from {checkpoint}.")
-
-    def _set_aside_other_runs_outputs(self) -> None:
-        """A fresh start in a folder that holds another run's outputs moves them aside first, with a warning."""
-        moved_to = None
-        if self.args.should_save:
-            moved_to = set_aside_other_runs_outputs(self.args.output_dir, self.curriculum_fingerprint())
-        if moved_to is not None:
-            logger.warning(
-                f"`output_dir` ({self.args.output_dir}) held the outputs of another run (stage adapters, evaluations, "
-                f"the combined adapter): moved to {moved_to}, so that the folder holds this run's alone. Use a new "
-                "`output_dir` per run to keep them apart; to continue that run, resume it with its own configuration."
-            )
-        self.accelerator.wait_for_everyone()
 
     def after_checkpoint_load(self, checkpoint: str) -> None:
         """After the Trainer loaded `checkpoint`'s adapters: the trainable one reloaded, the frozen one active again."""

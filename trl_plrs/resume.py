@@ -247,12 +247,12 @@ def resumed_stage_position(
 
 
 def curriculum_train_metrics(
-    summaries: list[StageSummary], first_stage_index: int, start_time: float
+    summaries: list[StageSummary], first_stage_index: int, start_time: float, total_flos: float = 0.0
 ) -> dict[str, float]:
     """
-    The train metrics of a whole curriculum, as `SFTTrainer.train` reports them for one training: the loss averaged
-    over every step of every stage; the speed of the stages run by this call (a resumed run does not count the
-    earlier ones) since `start_time`.
+    The train metrics of a whole curriculum, as `SFTTrainer.train` reports them for one training: the speed of the
+    stages run by this call (a resumed run does not count the earlier ones) since `start_time`, `total_flos`, and the
+    loss averaged over every step of every stage.
     """
     total_steps = sum(summary.steps for summary in summaries)
     this_call = [summary for summary in summaries if summary.stage > first_stage_index]
@@ -262,6 +262,7 @@ def curriculum_train_metrics(
         num_samples=sum(summary.samples for summary in this_call),
         num_steps=sum(summary.steps for summary in this_call),
     )
+    metrics["total_flos"] = total_flos
     metrics["train_loss"] = sum(summary.train_loss * summary.steps for summary in summaries) / max(total_steps, 1)
     return metrics
 
@@ -307,6 +308,11 @@ def set_aside_other_runs_outputs(output_dir: str, fingerprint) -> str | None:
         os.makedirs(moved_to)
         for path in outputs + ([record] if previous is not None else []):
             shutil.move(path, os.path.join(moved_to, os.path.basename(path)))
+        logger.warning(
+            f"`output_dir` ({output_dir}) held the outputs of another run (stage adapters, evaluations, the combined "
+            f"adapter): moved to {moved_to}, so that the folder holds this run's alone. Use a new `output_dir` per "
+            "run to keep them apart; to continue that run, resume it with its own configuration."
+        )
     os.makedirs(output_dir, exist_ok=True)
     write_json_atomic(record, {"fingerprint": fingerprint})
     return moved_to

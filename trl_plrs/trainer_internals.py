@@ -30,9 +30,11 @@ import os
 import warnings
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .resume import resumed_stage_position
 
 
 # The Trainer methods overridden or called below, each checked present at trainer construction.
@@ -89,6 +91,47 @@ class TrainerInternalsMixin:
             epochs_trained,
             steps_trained_in_current_epoch,
         )
+
+    def continue_training_state(
+        self,
+        previous: TrainerState,
+        resumed: bool,
+        max_steps: int,
+        num_update_steps_per_epoch: int,
+        num_train_epochs: int,
+        epochs_trained: int,
+        steps_trained_in_current_epoch: int,
+    ) -> tuple[int, int]:
+        """
+        Make the Trainer's new `TrainerState` of a stage continue the curriculum's, and return the stage's
+        `(epochs_trained, steps_trained_in_current_epoch)` for the data skip of a resume.
+
+        The Trainer starts a fresh `TrainerState` at every `train()`; a stage carries on the previous stage's step
+        count, log history, FLOs and token count instead, so `global_step` only grows and loggers see one run. A
+        resumed stage gets the checkpoint's state, whose `global_step` counts every stage; the data to skip is
+        counted within the stage. `state.max_steps` is the stage's last step.
+        """
+        if not resumed:
+            self.state.global_step = previous.global_step
+            self.state.log_history = previous.log_history
+            self.state.total_flos = previous.total_flos
+            self.state.num_input_tokens_seen = previous.num_input_tokens_seen
+            if previous.global_step > self.curriculum_state.stage_start_step:
+                # `previous` ended the stage before this one: its epochs count towards the continuous `epoch`.
+                self.curriculum_state.epochs_before_stage += previous.epoch or 0.0
+            self.curriculum_state.stage_start_step = previous.global_step
+        else:
+            epochs_trained, steps_trained_in_current_epoch = resumed_stage_position(
+                steps_in_stage=self.state.global_step - self.curriculum_state.stage_start_step,
+                stage_closed=early_stopped_at_checkpoint(self.state),
+                max_steps=max_steps,
+                num_update_steps_per_epoch=num_update_steps_per_epoch,
+                num_train_epochs=num_train_epochs,
+                skip_data=not self.args.ignore_data_skip,
+                gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            )
+        self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
+        return epochs_trained, steps_trained_in_current_epoch
 
     def _save_checkpoint(self, model, trial) -> None:
         # `Trainer._save_checkpoint(model, trial)` writes `output_dir/{PREFIX_CHECKPOINT_DIR}-{global_step}` and writes
