@@ -217,7 +217,9 @@ def test_example_script_with_adapter_then_rescore(tmp_path, tokenizer):
         ["--rescore_csv", str(tmp_path / "eval" / "predictions.csv"), "--output_dir", str(tmp_path / "rescored")]
     )
     assert script.main(args)["num_rescored"] == 3
-    with pytest.raises(ValueError, match="`model_name_or_path` is required"):
+    with pytest.raises(
+        ValueError, match="`model_name_or_path` \\(or an `adapter_path` that records its base\\) is required"
+    ):
         script.EvaluateArguments()
 
 

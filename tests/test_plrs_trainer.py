@@ -603,7 +603,7 @@ def test_stage_left_without_rows_after_truncation(tmp_path, tokenizer):
 
 
 def test_target_modules_matching_nothing(tmp_path, tokenizer):
-    with pytest.raises(ValueError, match="Target modules .*nonexistent.* not found"):
+    with pytest.raises(ValueError, match="target_modules` \\(\\{'nonexistent'\\}.* matches no layer"):
         make_trainer(tmp_path, tokenizer, peft_config=LoraConfig(target_modules=["nonexistent"]))
 
 

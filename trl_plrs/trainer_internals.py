@@ -16,8 +16,10 @@ Every use of a private name of transformers' [`~transformers.Trainer`] or TRL's 
 
 A curriculum re-enters the Trainer's training loop once per stage, and a few of the loop's private steps must know
 about it (the step count, checkpoints, resume). Each override or access below names the upstream method it relies
-on. Checked against the whole range that `setup.cfg` allows: transformers 5.20.0 and 5.24.0, TRL 1.16.0 (`.ci/run`
-runs the core tests against the lowest and the newest versions). [`check_trainer_internals`] fails at trainer
+on. Checked against the whole range that `setup.cfg` allows: transformers 5.20.0, 5.24.0 and 5.25.0, TRL 1.16.0
+(`.ci/run` runs the core tests against the lowest and the newest versions). transformers 5.25's public
+`Trainer.get_resumed_dataloader` decides *how* a resumed epoch skips its batches; how many a stage skips is the
+curriculum's (`continue_training_state`), so the override of `_init_training_state` stays. [`check_trainer_internals`] fails at trainer
 construction, with the versions to install, when an upstream release removed one of them.
 
 The rest of the package uses public API only; `tests/test_trainer_internals.py` greps it to keep it so.
@@ -46,7 +48,7 @@ REQUIRED_TRAINER_METHODS = (
     "_prepare_dataset",
     "_save_optimizer_and_scheduler",
 )
-TESTED_VERSIONS = {"transformers": "5.20.0 to 5.24.0", "trl": "1.16.0"}
+TESTED_VERSIONS = {"transformers": "5.20.0 to 5.25.0", "trl": "1.16.0"}
 
 
 def check_trainer_internals() -> None:
@@ -174,7 +176,7 @@ class TrainerInternalsMixin:
         # TRL tokenizes whole rows and truncates them to `max_length` afterwards, so the tokenizer's one-time
         # "Token indices sequence length is longer than the specified maximum (N > model_max_length)" warning speaks
         # of a limit that training does not use; the trainer reports the rows that truncation changes itself.
-        # `PreTrainedTokenizerBase.deprecation_warnings` holds the warnings already given (transformers 5.20-5.24).
+        # `PreTrainedTokenizerBase.deprecation_warnings` holds the warnings already given (transformers 5.20-5.25).
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if isinstance(getattr(tokenizer, "deprecation_warnings", None), dict):
             tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
@@ -187,7 +189,7 @@ class TrainerInternalsMixin:
 
 def move_to_activation_checkpointing(args) -> None:
     """
-    transformers 5.24 renamed `TrainingArguments.gradient_checkpointing` to `activation_checkpointing` and warns on
+    transformers 5.24 renamed `TrainingArguments.gradient_checkpointing` to `activation_checkpointing` (5.25 too) and warns on
     the old name, which TRL 1.16's `SFTConfig` sets by default: the value is passed on under the new name (and its
     kwargs with it) before `TrainingArguments.__post_init__` warns. A no-op on 5.20-5.23, which have no
     `activation_checkpointing`; can go once TRL sets the new name.
@@ -266,7 +268,7 @@ def early_stopped_at_checkpoint(state) -> bool:
     Whether a checkpoint's `TrainerState` (as `TrainerState.load_from_json` reads it) was saved by the step at which
     an [`~transformers.EarlyStoppingCallback`] ran out of patience and stopped training. The Trainer saves each
     `ExportableState` callback's attributes and the `TrainerControl` in `state.stateful_callbacks`
-    (`{name: {"args": ..., "attributes": ...}}`, or a list of those per class; transformers 5.20-5.24).
+    (`{name: {"args": ..., "attributes": ...}}`, or a list of those per class; transformers 5.20-5.25).
     """
     saved = state.stateful_callbacks or {}
 
