@@ -522,6 +522,20 @@ def _rows(kind: str, count: int = 12):
                 "prompt": [{"role": "user", "content": question}],
                 "completion": [{"role": "assistant", "content": answer}],
             },
+            # TRL passes a `tools` column to the chat template (this tokenizer's template renders none of it).
+            "tool_calling": {
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "add",
+                            "description": "Add two numbers.",
+                            "parameters": {"type": "object", "properties": {"a": {"type": "number"}}},
+                        },
+                    }
+                ],
+            },
         }[kind]
         rows.append({**row, "level": 1 + i % 3})
     return Dataset.from_list(rows)
@@ -577,6 +591,7 @@ def _assert_same_trained_weights(sft, ours, atol=1e-6):
         ("prompt_completion", {"completion_only_loss": False}),
         ("conversational_prompt_completion", {"gradient_checkpointing": True}),
         ("conversational_language_modeling", {"max_length": 12}),  # truncated rows
+        ("tool_calling", {}),
     ],
 )
 @pytest.mark.parametrize("peft", ["lora", "full"])
@@ -624,3 +639,32 @@ def test_the_model_card_carries_trls_tags_and_the_curriculums(tmp_path, tokenize
         card = file.read()
     for tag in ("trl", "sft", "curriculum", "plrs"):
         assert f"- {tag}" in card, tag
+
+
+def test_best_model_checkpoint_is_the_last_stages(tmp_path, tokenizer):
+    """With `load_best_model_at_end`, each stage continues from its own best checkpoint; afterwards
+    `state.best_model_checkpoint` names the last stage's (one stage's adapter), while `output_dir` holds the curriculum."""
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(
+            tmp_path,
+            eval_strategy="steps",
+            eval_steps=1,
+            save_strategy="steps",
+            save_steps=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="loss",
+        ),  # fmt: skip
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=make_leveled_dataset(rows_per_level=2),
+        processing_class=tokenizer,
+        peft_config=lora_config(lora_dropout=0.0),
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    last_stage_steps = range(trainer.curriculum_state.stage_start_step + 1, trainer.state.global_step + 1)
+    assert int(best.rsplit("-", 1)[1]) in last_stage_steps
+    with open(os.path.join(best, "adapter_config.json")) as file:
+        assert f'"r": {RANKS[-1]}' in file.read()  # the last stage's own adapter
+    with open(os.path.join(trainer.args.output_dir, "adapter_config.json")) as file:
+        assert f'"r": {sum(RANKS)}' in file.read()  # the whole curriculum
