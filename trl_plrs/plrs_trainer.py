@@ -519,6 +519,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         """
         if self.stage_adapters is not None:  # carried parameters are in the checkpoints and the final save
             self.save_stage_adapter(stage_dir(self.args.output_dir, stage.number))
+        steps = self.state.global_step - self.curriculum_state.stage_start_step
         summary = StageSummary(
             stage=stage.number,
             levels=list(stage.levels),
@@ -526,9 +527,9 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             lora_rank=stage.lora_rank,
             lora_alpha=stage.lora_alpha,
             trainable_params=self.curriculum_state.trainable_params,
-            steps=self.state.global_step - self.curriculum_state.stage_start_step,
+            steps=steps,
             samples=round(len(self.train_dataset) * (self.state.epoch or 0.0)),
-            train_loss=metrics.get("train_loss"),
+            train_loss=self._stage_loss(metrics.get("train_loss"), steps),
             train_runtime=time.perf_counter() - self._stage_start_time,
         )
         self.stage_summaries.append(summary)
@@ -536,6 +537,13 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             summary.eval_per_level = self.stage_evaluation.end_stage(stage)
             if stage.index == len(self.stages) - 1:
                 self.eval_dataset = self.stage_evaluation.eval_dataset  # after the curriculum, every level again
+
+    def _stage_loss(self, loss_this_call: float | None, steps: int) -> float | None:
+        """The stage's mean training loss over all its steps: those of a run it resumed count too."""
+        steps_this_call = self.state.global_step - self.stage_call_start_step
+        if loss_this_call is None or steps_this_call == steps:
+            return loss_this_call
+        return (self.curriculum_state.stage_loss_sum + loss_this_call * steps_this_call) / max(steps, 1)
 
     def _summary_of(self, stage: Stage) -> StageSummary:
         return next(summary for summary in self.stage_summaries if summary.stage == stage.number)
@@ -629,12 +637,16 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             self.stage_adapters.reload_trainable(checkpoint)
             self.stage_adapters.activate()
 
-    def save_curriculum_state(self, checkpoint_dir: str) -> None:
-        """Write the curriculum's state into `checkpoint_dir`, before the Trainer's own files (`resume`)."""
+    def save_curriculum_state(self, checkpoint_dir: str, loss_this_call: float = 0.0) -> None:
+        """
+        Write the curriculum's state into `checkpoint_dir`, before the Trainer's own files (`resume`), with the stage's
+        training loss summed up to this step (`loss_this_call`: what this `train()` call has summed).
+        """
+        state = self.curriculum_state
         write_checkpoint_state(
             checkpoint_dir,
             self.curriculum_fingerprint(),
-            self.curriculum_state,
+            dataclasses.replace(state, stage_loss_sum=state.stage_loss_sum + loss_this_call),
             self.stage_rows(self.stages[self.curriculum_state.stage]),
             self.stage_summaries,
         )

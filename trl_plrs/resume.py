@@ -46,6 +46,8 @@ class CurriculumState:
             `["frozen_stages"]` from stage 2 on), else empty.
         trainable_params (`int`): Trainable parameters of the current stage.
         epochs_before_stage (`float`): Epochs trained by the finished stages; logged `epoch` = this + `stage_epoch`.
+        stage_loss_sum (`float`): The training loss summed over the stage's steps before this `train()` call (a
+            resume); a checkpoint stores it up to its step, so that a resumed stage's loss covers all its steps.
     """
 
     stage: int = 0
@@ -54,6 +56,7 @@ class CurriculumState:
     frozen_adapters: list[str] = field(default_factory=list)
     trainable_params: int = 0
     epochs_before_stage: float = 0.0
+    stage_loss_sum: float = 0.0
 
 
 @dataclass

@@ -122,6 +122,7 @@ class TrainerInternalsMixin:
                 # `previous` ended the stage before this one: its epochs count towards the continuous `epoch`.
                 self.curriculum_state.epochs_before_stage += previous.epoch or 0.0
             self.curriculum_state.stage_start_step = previous.global_step
+            self.curriculum_state.stage_loss_sum = 0.0
         else:
             epochs_trained, steps_trained_in_current_epoch = resumed_stage_position(
                 steps_in_stage=self.state.global_step - self.curriculum_state.stage_start_step,
@@ -133,16 +134,19 @@ class TrainerInternalsMixin:
                 gradient_accumulation_steps=self.args.gradient_accumulation_steps,
             )
         self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
+        self.stage_call_start_step = self.state.global_step  # where this call's steps (and summed loss) begin
         return epochs_trained, steps_trained_in_current_epoch
 
     def _save_checkpoint(self, model, trial) -> None:
         # `Trainer._save_checkpoint(model, trial)` writes `output_dir/{PREFIX_CHECKPOINT_DIR}-{global_step}` and writes
         # `trainer_state.json` last; the curriculum state is written before it, so a checkpoint with both is whole.
+        # The training loss this `train()` call has summed so far (`_total_loss_scalar`, drained from `_tr_loss` at every
+        # log; transformers 5.20-5.25) goes with it, so that a resumed stage reports its loss over all its steps.
         if self.args.should_save:
             checkpoint_dir = os.path.join(
                 self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            self.save_curriculum_state(checkpoint_dir)
+            self.save_curriculum_state(checkpoint_dir, loss_this_call=self._total_loss_scalar + self._tr_loss.item())
         super()._save_checkpoint(model, trial)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
