@@ -362,3 +362,34 @@ def test_resume_from_checkpoint_true_from_a_command_line(tmp_path, value):
         (checkpoint / "trainer_state.json").write_text("{}")
     assert checkpoint_to_resume(value, str(tmp_path), fingerprint) == str(tmp_path / "checkpoint-4")
     assert checkpoint_to_resume("false", str(tmp_path), fingerprint) is None
+
+
+def test_a_moved_run_resumes_from_its_new_place(tmp_path, tokenizer):
+    """A run and its local base moved elsewhere (as a user moves a demo folder) resume from their new place: the
+    fingerprint names a local base by its folder's name, not its path."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from trl_plrs import CurriculumSFTTrainer
+    from trl_plrs.testing import save_tiny_model
+
+    from .conftest import make_leveled_dataset
+    from .test_plrs_trainer import lora_config, make_args
+
+    def build(root, callbacks=()):
+        return CurriculumSFTTrainer(
+            AutoModelForCausalLM.from_pretrained(str(root / "base_model")),
+            args=make_args(root / "run", save_strategy="steps", save_steps=1),
+            train_dataset=make_leveled_dataset(),
+            processing_class=tokenizer,
+            peft_config=lora_config(lora_dropout=0.0),
+            callbacks=list(callbacks),
+        )
+
+    save_tiny_model(str(tmp_path / "first" / "base_model"))
+    build(tmp_path / "first", [StopAtStep(4)]).train()
+    shutil.move(str(tmp_path / "first"), str(tmp_path / "moved"))
+    resumed = build(tmp_path / "moved")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 9 and [summary.stage for summary in resumed.stage_summaries] == [1, 2, 3]

@@ -20,6 +20,7 @@ seed. Pure functions over plain values, so that a difference can be named field 
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,12 @@ def as_json(value: Any) -> Any:
 
 
 def model_fingerprint(name_or_path: str, config_dict: dict) -> dict[str, str]:
-    """The model's id or path and a SHA-256 of its config (the entries that change its function)."""
+    """
+    The model's id, or the name of its local folder (not its path: a run moved with its base, e.g. the demo's
+    `output_dir/base_model`, is still the same run), and a SHA-256 of its config (the entries that change its function).
+    """
+    if os.path.isdir(name_or_path):
+        name_or_path = os.path.basename(os.path.normpath(name_or_path))
     config = {key: value for key, value in config_dict.items() if key not in _VOLATILE_CONFIG_KEYS}
     digest = hashlib.sha256(json.dumps(as_json(config), sort_keys=True).encode()).hexdigest()
     return {"name_or_path": name_or_path, "config_sha256": digest}
