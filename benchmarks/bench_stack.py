@@ -59,25 +59,19 @@ SHAPES = {
 }
 
 
-def build_model(shape: str, vocab_size: int):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def build_model(shape: str, tokenizer):
+    from trl_plrs.testing import build_tiny_model
 
     hidden, intermediate, heads, kv_heads, head_dim, layers = SHAPES[shape]
-    config = LlamaConfig(
-        vocab_size=vocab_size,
+    assert hidden == heads * head_dim
+    return build_tiny_model(
+        tokenizer,
         hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
         num_hidden_layers=layers,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
+        head_dim=head_dim,
+        intermediate_size=intermediate,
+        num_key_value_heads=kv_heads,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(config)
 
 
 def lora_config(rank: int, dropout: float = 0.05):
@@ -142,7 +136,7 @@ def worker(args) -> dict:
     quiet_libraries()
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    model = get_peft_model(build_model(args.shape, len(tokenizer)), lora_config(PLRS_RANKS[0]))
+    model = get_peft_model(build_model(args.shape, tokenizer), lora_config(PLRS_RANKS[0]))
     batch = torch.randint(3, len(tokenizer), (args.batch_size, args.sequence_length))
     stages = []
     for stage_index, rank in enumerate(PLRS_RANKS):

@@ -330,9 +330,9 @@ def test_stack_mode_never_changes_the_base_weights(tmp_path, tokenizer):
         torch.testing.assert_close(value, original[original_name], atol=0, rtol=0)
 
 
-def train_one_stage_beside_sft(tmp_path, tokenizer, sft_lora, our_lora, curriculum_kwargs, **overrides):
+def train_one_stage_beside_sft(tmp_path, tokenizer, sft_lora, our_lora, curriculum_kwargs, dataset=None, **overrides):
     """`SFTTrainer` and a one-stage curriculum on the same rows, seed and settings; both trained."""
-    dataset = make_leveled_dataset()
+    dataset = make_leveled_dataset() if dataset is None else dataset
     common = {
         **dict(
             use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=4, max_steps=4,

@@ -198,8 +198,9 @@ def test_evaluate_returns_what_sft_trainer_returns(tmp_path, tokenizer):
     assert {"stage", "lora_rank"} <= set(metrics)
 
 
-def test_metric_for_best_model_on_a_trl_metric(tmp_path, tokenizer):
-    trainer = CurriculumSFTTrainer(
+def selecting_the_best_model(tmp_path, tokenizer, metric_for_best_model, **kwargs):
+    """A curriculum that evaluates and saves at every step and continues each stage from its best checkpoint."""
+    return CurriculumSFTTrainer(
         build_tiny_model(tokenizer),
         args=make_args(
             tmp_path,
@@ -208,14 +209,18 @@ def test_metric_for_best_model_on_a_trl_metric(tmp_path, tokenizer):
             save_strategy="steps",
             save_steps=1,
             load_best_model_at_end=True,
-            metric_for_best_model="eval_mean_token_accuracy",
-            early_stopping_patience=2,
-        ),
+            metric_for_best_model=metric_for_best_model,
+            **kwargs,
+        ),  # fmt: skip
         train_dataset=make_leveled_dataset(),
         eval_dataset=make_leveled_dataset(rows_per_level=2),
         processing_class=tokenizer,
         peft_config=lora_config(),
     )
+
+
+def test_metric_for_best_model_on_a_trl_metric(tmp_path, tokenizer):
+    trainer = selecting_the_best_model(tmp_path, tokenizer, "eval_mean_token_accuracy", early_stopping_patience=2)
     trainer.train()  # TRL's metric reaches metric_for_best_model and early stopping (a KeyError before)
     assert trainer.state.best_metric is not None
     assert len(trainer.stage_summaries) == len(RANKS)
@@ -541,33 +546,6 @@ def _rows(kind: str, count: int = 12):
     return Dataset.from_list(rows)
 
 
-def _one_stage_beside_sft(tmp_path, tokenizer, dataset, peft_config, **overrides):
-    """`SFTTrainer` and a one-stage curriculum (all levels at once) on the same rows, seed and settings; both trained."""
-    common = dict(
-        use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=4, max_steps=3, learning_rate=5e-3,
-        save_strategy="no", disable_tqdm=True, seed=3, **overrides,
-    )  # fmt: skip
-    sft = SFTTrainer(
-        build_tiny_model(tokenizer),
-        args=SFTConfig(str(tmp_path / "sft"), **common),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    sft.train()
-    from trl_plrs import PLRSConfig
-
-    ours = CurriculumSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=PLRSConfig(str(tmp_path / "ours"), curriculum_stages=["1,2,3"], **common),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    ours.train()
-    return sft, ours
-
-
 def _assert_same_trained_weights(sft, ours, atol=1e-6):
     """The weights `SFTTrainer` trained equal the curriculum's (its stage adapter in LoRA mode, else the model's)."""
     if ours.stage_adapters is not None:
@@ -596,8 +574,13 @@ def _assert_same_trained_weights(sft, ours, atol=1e-6):
 )
 @pytest.mark.parametrize("peft", ["lora", "full"])
 def test_one_stage_equals_sft_trainer_on_trls_dataset_formats(tmp_path, tokenizer, kind, overrides, peft):
+    from .test_plrs_trainer import train_one_stage_beside_sft
+
     peft_config = lora_config(r=8, lora_alpha=16) if peft == "lora" else None
-    sft, ours = _one_stage_beside_sft(tmp_path, tokenizer, _rows(kind), peft_config, **overrides)
+    sft, ours = train_one_stage_beside_sft(
+        tmp_path, tokenizer, peft_config, peft_config, {"curriculum_stages": ["1,2,3"]}, _rows(kind), max_steps=3,
+        **overrides,
+    )  # fmt: skip
     # The same tokenized rows (labels and masks included), and the same trained weights.
     assert ours.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     for column in ("completion_mask", "assistant_masks"):
@@ -644,22 +627,7 @@ def test_the_model_card_carries_trls_tags_and_the_curriculums(tmp_path, tokenize
 def test_best_model_checkpoint_is_the_last_stages(tmp_path, tokenizer):
     """With `load_best_model_at_end`, each stage continues from its own best checkpoint; afterwards
     `state.best_model_checkpoint` names the last stage's (one stage's adapter), while `output_dir` holds the curriculum."""
-    trainer = CurriculumSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=make_args(
-            tmp_path,
-            eval_strategy="steps",
-            eval_steps=1,
-            save_strategy="steps",
-            save_steps=1,
-            load_best_model_at_end=True,
-            metric_for_best_model="loss",
-        ),  # fmt: skip
-        train_dataset=make_leveled_dataset(),
-        eval_dataset=make_leveled_dataset(rows_per_level=2),
-        processing_class=tokenizer,
-        peft_config=lora_config(lora_dropout=0.0),
-    )
+    trainer = selecting_the_best_model(tmp_path, tokenizer, "loss")
     trainer.train()
     best = trainer.state.best_model_checkpoint
     last_stage_steps = range(trainer.curriculum_state.stage_start_step + 1, trainer.state.global_step + 1)

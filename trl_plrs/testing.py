@@ -104,6 +104,8 @@ def build_tiny_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     head_dim: int = 16,
+    intermediate_size: int | None = None,
+    num_key_value_heads: int | None = None,
 ) -> LlamaForCausalLM | Qwen2ForCausalLM:
     """
     Build a randomly initialised causal LM from config, sized for CPU tests.
@@ -124,6 +126,10 @@ def build_tiny_model(
             Seed of the weight initialisation.
         head_dim (`int`, *optional*, defaults to `16`):
             Width of an attention head (vLLM needs at least 32).
+        intermediate_size (`int`, *optional*):
+            Width of the MLP; defaults to twice `hidden_size`.
+        num_key_value_heads (`int`, *optional*):
+            Key/value heads; defaults to half the attention heads.
     """
     config_classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     if architecture not in config_classes:
@@ -135,10 +141,10 @@ def build_tiny_model(
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=max(num_heads // 2, 1),
+        num_key_value_heads=num_key_value_heads or max(num_heads // 2, 1),
         max_position_embeddings=2048,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
