@@ -291,16 +291,15 @@ class StageAdapters:
         cast_adapter_like_sft(self.model, self.is_quantized)
         self.stage_index = stage.index
 
-    def restore(self, stages: list[Stage], output_dir: str, stage_index: int) -> dict[int, float]:
+    def restore(self, stages: list[Stage], output_dir: str, stage_index: int) -> None:
         """
         For a resume at the stage of index `stage_index`: rebuild what every earlier stage learned from its saved
         adapter in `output_dir/stage-{k}`, by the same transition as in the original run (merged again, or fused again
-        bit for bit), then add that stage's adapter. Returns the merge rounding losses by stage number.
+        bit for bit), then add that stage's adapter. (The merge rounding losses are in the checkpoint's summaries.)
         """
         if stage_index == 0:
-            return {}
+            return
         self.model.delete_adapter(DEFAULT_ADAPTER)
-        losses = {}
         for finished in stages[:stage_index]:
             path = stage_dir(output_dir, finished.number)
             if not os.path.isfile(os.path.join(path, ADAPTER_WEIGHTS_NAME)):
@@ -309,11 +308,8 @@ class StageAdapters:
                     f"missing from {path}. Resume with the `output_dir` of the run that wrote the checkpoint."
                 )
             self.model.load_adapter(path, adapter_name=DEFAULT_ADAPTER)
-            lost = self.retire(finished)
-            if lost is not None:
-                losses[finished.number] = lost
+            self.retire(finished)
         self.add(stages[stage_index])
-        return losses
 
     def save_trainable(self, output_dir: str, deepspeed_enabled: bool, should_save: bool) -> None:
         """

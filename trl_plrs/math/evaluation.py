@@ -524,8 +524,9 @@ def read_evaluation_settings(run_dir: str) -> dict:
     path = os.path.join(run_dir, EVALUATION_SETTINGS_FILENAME)
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as file:
-        settings = json.load(file)
+    from ..checkpointing import read_json
+
+    settings = read_json(path)
     for name in ("base_model", "test_split"):
         value = settings.get(name)
         if isinstance(value, str) and not os.path.isabs(value) and os.path.exists(os.path.join(run_dir, value)):
