@@ -12,8 +12,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-A 3-stage PLRS curriculum launched with `accelerate launch --num_processes 2` on CPU (gloo): DDP, and DeepSpeed ZeRO-2
-and ZeRO-3 in merge and stack modes, each with our accelerate config (whose JSON sets
+A 3-stage PLRS curriculum launched with `accelerate launch --num_processes 2` on CPU (gloo): DDP, DeepSpeed ZeRO-2
+and ZeRO-3, and FSDP2 (through the test-only shim `tests/distributed/fsdp_on_cpu.py`) in merge and stack modes, each with our accelerate config (whose JSON sets
 `stage3_gather_16bit_weights_on_model_save`) and with a user's own JSON passed as `PLRSConfig(deepspeed=...)` that
 lacks it (DeepSpeed's default, as in the Hugging Face docs' examples). Every run must land on the single-process
 result. Each run is a subprocess (DeepSpeed state leaks into later trainers of one Python process) whose worker,
@@ -61,6 +61,8 @@ ENGINES = {
     "zero3": ("deepspeed_zero3_cpu.yaml", None, "DistributedType.DEEPSPEED", 3),
     # No `stage3_gather_16bit_weights_on_model_save`: the full model cannot be gathered, the stage adapters can.
     "zero3_user_json": ("ddp_cpu.yaml", "deepspeed_zero3_user.json", "DistributedType.DEEPSPEED", 3),
+    # TRL's FSDP2 settings; the worker applies the test-only shim `fsdp_on_cpu.py` (accelerate runs FSDP on GPUs only).
+    "fsdp2": ("fsdp2_cpu.yaml", None, "DistributedType.FSDP", None),
 }
 MATRIX = [("ddp", "merge")] + [
     (engine, transition) for engine in ENGINES if engine != "ddp" for transition in ("merge", "stack")
@@ -96,6 +98,8 @@ def launch(engine: str, base_dir: str, output_dir: str, *worker_args: str) -> li
     config_file = os.path.join(DISTRIBUTED_DIR, config_name)
     if user_json is not None:
         worker_args = (*worker_args, "--deepspeed", os.path.join(DISTRIBUTED_DIR, user_json))
+    if engine.startswith("fsdp"):
+        worker_args = (*worker_args, "--fsdp_on_cpu")
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", config_file,
@@ -189,6 +193,9 @@ def test_curriculum_survives_engine(runs, single_process_runs, base_dir, engine,
                 assert begin["partitioned_base_weights"] == begin["base_weights"] > 0
             else:
                 assert begin["partitioned_base_weights"] == 0
+            # FSDP2 shards every base weight (a `DTensor` per weight); the stage adapters stay whole on every rank.
+            expected_sharded = begin["base_weights"] if engine == "fsdp2" else 0
+            assert begin["sharded_base_weights"] == expected_sharded
 
         # The transition (merge/freeze, new adapter, re-wrap by the engine) leaves the model's function unchanged.
         for end, begin in zip(report["stage_end"][:-1], report["stage_begin"][1:]):
@@ -225,17 +232,63 @@ def test_curriculum_survives_engine(runs, single_process_runs, base_dir, engine,
         torch.testing.assert_close(weights[key], single_weights[key], rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)
 
 
-def test_difficulty_scoring_is_split_across_processes_and_agrees(tmp_path, base_dir):
-    """`curriculum_difficulty='base_loss'` under 2 processes: each scores half the rows, all agree on the levels."""
-    distributed_dir = str(tmp_path / "ddp")
-    reports = launch("ddp", base_dir, distributed_dir, "--curriculum_difficulty", "base_loss")
+# (resume flags of one launch, whether rank 0 dies by SIGKILL), after an uninterrupted run of the same arguments
+FSDP2_INTERRUPTED_RUN = [
+    (["--kill_after_transition_to", "1"], True),  # at the transition to stage 2 (resumes from checkpoint-3)
+    (["--resume", "--kill_at_step", "8"], True),  # mid-stage 3, a frozen adapter beside the trainable one
+    (["--resume"], False),  # to the end
+]
+
+
+def test_fsdp2_curriculum_killed_and_resumed_matches_uninterrupted(tmp_path, base_dir):
+    """
+    Under FSDP2 (TRL's settings: `SHARDED_STATE_DICT` checkpoints, `cpu_ram_efficient_loading`), a stack-mode
+    curriculum with LoRA dropout and the evaluation per level, killed at a transition and mid-stage, resumes to the
+    uninterrupted run's adapters and per-level figures.
+    """
+    arguments = ["--adapter_transition", "stack", "--lora_dropout", "0.1", "--save_steps", "1", "--eval_per_level"]
+    uninterrupted = launch("fsdp2", base_dir, str(tmp_path / "uninterrupted"), *arguments)
+    interrupted_dir = str(tmp_path / "interrupted")
+    for flags, killed in FSDP2_INTERRUPTED_RUN:
+        if killed:
+            with pytest.raises(AssertionError, match="failed"):
+                launch("fsdp2", base_dir, interrupted_dir, *arguments, *flags)
+        else:
+            resumed = launch("fsdp2", base_dir, interrupted_dir, *arguments, *flags)
+    # FSDP wrote its sharded checkpoints (the only copy of the weights there), the stage end's included.
+    assert os.path.isdir(os.path.join(interrupted_dir, "checkpoint-3", "pytorch_model_fsdp_0"))
+
+    for name in ["stage-1", "stage-2", "stage-3", "."]:
+        expected = load_file(os.path.join(tmp_path / "uninterrupted", name, ADAPTER_WEIGHTS_NAME))
+        weights = load_file(os.path.join(interrupted_dir, name, ADAPTER_WEIGHTS_NAME))
+        assert weights.keys() == expected.keys()
+        for key in weights:
+            torch.testing.assert_close(weights[key], expected[key], rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)
+    # Every stage evaluated every level, with the same figures as the uninterrupted run, on both ranks.
+    expected_losses = [summary["eval_per_level"]["eval_loss"] for summary in uninterrupted[0]["stage_summaries"]]
+    assert [len(losses) for losses in expected_losses] == [3, 3, 3]
+    for report in resumed:
+        losses = [summary["eval_per_level"]["eval_loss"] for summary in report["stage_summaries"]]
+        for stage_losses, stage_expected in zip(losses, expected_losses, strict=True):
+            assert stage_losses == pytest.approx(stage_expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine, scored_rows", [("ddp", [[12], [12]]), ("fsdp2", [[24], []])])
+def test_difficulty_scoring_is_split_across_processes_and_agrees(tmp_path, base_dir, engine, scored_rows):
+    """
+    `curriculum_difficulty='base_loss'` under 2 processes: each scores half the rows (under FSDP with
+    `cpu_ram_efficient_loading` only the main process holds the weights before sharding: it scores them all), and
+    every process agrees with one process on the levels.
+    """
+    distributed_dir = str(tmp_path / engine)
+    reports = launch(engine, base_dir, distributed_dir, "--curriculum_difficulty", "base_loss")
     single_dir = str(tmp_path / "single")
     command = [sys.executable, WORKER, "--base_dir", base_dir, "--output_dir", single_dir]
     _run([*command, "--per_device_train_batch_size", "4", "--curriculum_difficulty", "base_loss"], single_dir)
     single = _read_report(single_dir, 0)
 
     assert single["scored_rows"] == [24]  # 3 levels x 8 rows, one process
-    assert [report["scored_rows"] for report in reports] == [[12], [12]]
+    assert [report["scored_rows"] for report in reports] == scored_rows
     assert reports[0]["row_levels"] == reports[1]["row_levels"] == single["row_levels"]
     assert sorted(single["row_levels"]) == [1] * 8 + [2] * 8 + [3] * 8
     for report in reports:
@@ -251,6 +304,8 @@ def test_difficulty_scoring_is_split_across_processes_and_agrees(tmp_path, base_
         assert float(distributed_row["score"]) == pytest.approx(float(single_row["score"]), abs=1e-6)
 
     # A rerun (or resume) in the same output_dir reads the levels back: no process scores again.
+    if engine != "ddp":
+        return
     again = launch("ddp", base_dir, distributed_dir, "--curriculum_difficulty", "base_loss")
     assert [report["scored_rows"] for report in again] == [[], []]
     assert again[0]["row_levels"] == again[1]["row_levels"] == single["row_levels"]

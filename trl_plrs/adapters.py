@@ -38,6 +38,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .fsdp import add_to_weight, full_values
+
 
 DEFAULT_ADAPTER = "default"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -115,12 +117,12 @@ def merge_adapter_into_base(model: PeftModel, adapter_name: str = DEFAULT_ADAPTE
             with torch.no_grad():
                 delta = layer.get_delta_weight(adapter_name)
                 if base_weight.dtype in (torch.float32, torch.float64):
-                    base_weight.data += delta.to(base_weight.dtype)
+                    add_to_weight(base_weight, delta)
                     continue
-                before = base_weight.data.float()
-                base_weight.data += delta.to(base_weight.dtype)
+                before = full_values(base_weight).float()
+                add_to_weight(base_weight, delta)
                 delta = delta.float()
-                lost_squared += float((delta - (base_weight.data.float() - before)).square().sum())
+                lost_squared += float((delta - (full_values(base_weight).float() - before)).square().sum())
                 total_squared += float(delta.square().sum())
     model.delete_adapter(adapter_name)
     return (lost_squared / total_squared) ** 0.5 if total_squared > 0 else 0.0
@@ -199,6 +201,9 @@ def activate_stage_adapters(model: PeftModel, frozen_adapters: Sequence[str]) ->
     # `PeftModel.set_adapter` takes a single name; the tuner activates several at once. The trainable adapter comes
     # first: the Trainer's checkpoint and best-model loading treat `active_adapters[0]` as the one being trained.
     model.base_model.set_adapter([DEFAULT_ADAPTER, *frozen_adapters])
+    # What `PeftModel.set_adapter` records: the adapter that accelerate's FSDP checkpoints (`adapter_only`) save and
+    # load, and `active_peft_config`. Deleting the finished adapter made PEFT pick another one here.
+    model.active_adapter = DEFAULT_ADAPTER
     if frozen_adapters:
         model.base_model.set_requires_grad(list(frozen_adapters), requires_grad=False)
 

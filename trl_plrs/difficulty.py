@@ -300,18 +300,35 @@ def score_rows(
     pad_token_id: int,
     show_progress: bool,
     description: str,
+    main_process_only: bool = False,
 ) -> list[float]:
     """
     The `difficulty` score of every row of a prepared (tokenized) dataset. `"base_loss"` is split across the
     `accelerator`'s processes, each scoring its share with the base model (the adapter disabled), and gathered in
-    order.
+    order; with `main_process_only` (the other processes hold no weights yet, as under FSDP's
+    `cpu_ram_efficient_loading`) the main process scores every row and sends the scores to the others.
     """
     if difficulty == "length":
         return completion_lengths(dataset)
     if callable(difficulty):
         return callable_scores(difficulty, dataset)
-    from accelerate.utils import gather_object
+    from accelerate.utils import broadcast_object_list, gather_object
 
+    if main_process_only and accelerator.num_processes > 1:
+        scores = [None]
+        if accelerator.is_main_process:
+            with scoring_model(model, accelerator.device, quantized) as base:
+                scores = [
+                    base_loss_scores(
+                        base,
+                        dataset,
+                        batch_size=batch_size,
+                        pad_token_id=pad_token_id,
+                        show_progress=show_progress,
+                        description=description,
+                    )
+                ]
+        return broadcast_object_list(scores)[0]
     with accelerator.split_between_processes(list(range(len(dataset)))) as shard:
         with scoring_model(model, accelerator.device, quantized) as base:
             scores = base_loss_scores(

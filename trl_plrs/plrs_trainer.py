@@ -52,6 +52,13 @@ from .checkpointing import remove_staging_leftovers
 from .curriculum import Stage, build_stages, resolve_replay
 from .difficulty import compute_levels, score_rows
 from .fingerprint import data_fingerprint, model_fingerprint, training_fingerprint
+from .fsdp import (
+    average_gradients_across_ranks,
+    check_fsdp_support,
+    fsdp2_enabled,
+    keep_adapters_replicated,
+    reshard,
+)
 from .model_card import (
     PAPER_BIBTEX,
     PAPER_TITLE,
@@ -276,6 +283,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.curriculum_state = CurriculumState()
         self.stage_summaries: list[StageSummary] = []
         self._run_fingerprint = None
+        self.replicated_gradient_hooks = []  # under FSDP2: the stage adapter's gradient averaging (`trl_plrs.fsdp`)
         return train_dataset, eval_dataset
 
     def _prepare_stages(self, rows_passed: int) -> None:
@@ -283,6 +291,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         args = self.args
         if self.training_kind == "lora":
             check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
+        check_fsdp_support(self.accelerator, self.is_quantized)
         if self.is_quantized:
             # Before any no-grad forward (the difficulty scoring below, the evaluations) can repack the 4-bit weights.
             keep_4bit_weights_trainable_on_cpu(self.model)
@@ -298,8 +307,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         if self.training_kind == "lora":
             check_lora_targets(list(lora_layers(self.model)), self.stage_peft_config)
             self.adapter_transition = resolve_adapter_transition(
-                self.model, args, self.is_quantized, self.accelerator.device
+                self.model, args, self.is_quantized, self.accelerator.device, self.engine
             )
+            if fsdp2_enabled(self.accelerator):
+                keep_adapters_replicated(self.model, self.accelerator.state.fsdp_plugin)
             self.stage_adapters = StageAdapters(
                 self.model,
                 self.adapter_transition,
@@ -376,6 +387,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             pad_token_id=getattr(tokenizer, "pad_token_id", None) or 0,
             show_progress=self.is_world_process_zero() and not self.args.disable_tqdm,
             description=f"Scoring the {split} rows' difficulty (base_loss)",
+            # Under FSDP with `cpu_ram_efficient_loading` only the main process has loaded the weights so far.
+            main_process_only=self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading,
         )
 
     def _base_model_fingerprint(self) -> dict[str, str]:
@@ -489,6 +502,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         adapters = self.stage_adapters  # `None` when the trainable parameters carry on (full fine-tuning, any PEFT)
         if adapters is not None and stage.index > adapters.stage_index:
             finished = self.stages[adapters.stage_index]
+            reshard(self.model)  # a merge writes into FSDP2's shards; a no-op without FSDP2
             lost = adapters.advance(finished, stage)
             if lost is not None:
                 self._summary_of(finished).merge_rounding_loss = lost
@@ -511,6 +525,18 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             # The Trainer keeps the patience counter across `train()` calls; each stage has its own patience.
             reset_early_stopping(self.callback_handler.callbacks)
         self._stage_start_time = time.perf_counter()  # after the evaluation before training, which is not the stage's
+
+    def after_model_prepared(self) -> None:
+        """
+        Once the Trainer has wrapped the model for a stage's training: under FSDP2, the stage adapter, replicated beside
+        the sharded base (`trl_plrs.fsdp`), is made equal on every rank and its gradients are averaged across ranks.
+        """
+        for handle in self.replicated_gradient_hooks:
+            handle.remove()
+        self.replicated_gradient_hooks = []
+        if self.stage_adapters is not None and fsdp2_enabled(self.accelerator):
+            trainable = [param for param in self.model.parameters() if param.requires_grad]
+            self.replicated_gradient_hooks = average_gradients_across_ranks(trainable, self.accelerator)
 
     def end_stage(self, stage: Stage, metrics: dict[str, float]) -> None:
         """
@@ -565,6 +591,11 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         return find_stage_early_stopping(self.callback_handler.callbacks)
 
     @property
+    def engine(self) -> str | None:
+        """The engine that owns the weights: `"DeepSpeed"`, `"FSDP"`, or `None` (one process, DDP)."""
+        return "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
+
+    @property
     def trained_stages(self) -> list[Stage]:
         """The stages trained to their end so far (all of them after `train()`, unless a stop was requested)."""
         return [self.stages[summary.stage - 1] for summary in self.stage_summaries]
@@ -580,8 +611,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         # Every process reads the adapter `save_model` wrote (it waits for the main process); a process that cannot see
         # `output_dir` (another node, no shared filesystem) keeps its stage adapters, with the same function.
         combined_config = os.path.join(self.args.output_dir, ADAPTER_CONFIG_NAME)
-        engine = self.is_deepspeed_enabled or self.is_fsdp_enabled
-        if self.stage_adapters is None or engine or not os.path.isfile(combined_config):
+        if self.stage_adapters is None or self.engine or not os.path.isfile(combined_config):
             return
         self.stage_adapters.install_combined(self.args.output_dir)
         self.curriculum_state.frozen_adapters = []
@@ -700,7 +730,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
 
     def save_stage_adapter(self, output_dir: str) -> None:
         """Save the trainable adapter alone, as a standard PEFT adapter in fp32, to `output_dir` (every rank calls)."""
-        self.stage_adapters.save_trainable(output_dir, self.is_deepspeed_enabled, self.args.should_save)
+        self.stage_adapters.save_trainable(output_dir, self.engine, self.args.should_save)
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -47,6 +47,7 @@ REQUIRED_TRAINER_METHODS = (
     "_load_rng_state",
     "_prepare_dataset",
     "_save_optimizer_and_scheduler",
+    "_prepare_for_training",
 )
 TESTED_VERSIONS = {"transformers": "5.20.0 to 5.25.0", "trl": "1.16.0"}
 
@@ -153,11 +154,21 @@ class TrainerInternalsMixin:
         # `Trainer._save_optimizer_and_scheduler(output_dir)` writes `optimizer.pt` and `scheduler.pt` into a checkpoint.
         # At a stage's last step (where transformers also saves when `save_strategy="steps"`, so every stage ends with
         # a checkpoint) they are of no use: the next stage builds a new optimizer and scheduler, and a resume from
-        # that checkpoint runs no step of its stage. Skipped there, except under DeepSpeed, whose resume loads its
-        # engine checkpoint. The checkpoint keeps the weights, the RNG state and the curriculum state exact resume needs.
-        if self.state.global_step >= self.state.max_steps and not self.is_deepspeed_enabled:
+        # that checkpoint runs no step of its stage. Skipped there, except under DeepSpeed and FSDP, whose resume loads
+        # the engine's checkpoint written here (under FSDP with `SHARDED_STATE_DICT` it holds the only copy of the
+        # model's weights). The checkpoint keeps the weights, the RNG state and the curriculum state exact resume needs.
+        if self.state.global_step >= self.state.max_steps and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             return
         super()._save_optimizer_and_scheduler(output_dir)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        # `Trainer._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)` (transformers 5.20-5.25)
+        # wraps the model (under FSDP2 `fully_shard`, which with `cpu_ram_efficient_loading` replaces the parameters),
+        # builds the optimizer and loads the checkpoint; returns `(model, train_dataloader)`. What must act on the
+        # parameters training will use comes after it.
+        prepared = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        self.after_model_prepared()
+        return prepared
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # `Trainer._load_from_checkpoint` reloads the PEFT adapters of a checkpoint, then activates only the first

@@ -162,14 +162,16 @@ def check_requested_transition(requested: str, is_quantized: bool) -> None:
         )
 
 
-def resolve_adapter_transition(model: PeftModel, args, is_quantized: bool, device: torch.device) -> str:
+def resolve_adapter_transition(
+    model: PeftModel, args, is_quantized: bool, device: torch.device, engine: str | None = None
+) -> str:
     """
     `args.adapter_transition`, with `"auto"` resolved from how the targeted base weights train (logged with the
     figures it weighed); an explicit choice that cannot work is refused, an explicit merge that would round learning
-    away warns.
+    away warns. `engine` names the engine that owns the weights (`"DeepSpeed"`, `"FSDP"`), if any.
     """
     base_dtypes = {layer.get_base_layer().weight.dtype for layer in lora_layers(model)}
-    sharded_engine = args.deepspeed_plugin is not None or bool(args.fsdp)
+    sharded_engine = engine is not None
     autocast = bool(args.bf16 or args.fp16)
     copy_bytes, free_bytes = fp32_copy_bytes(model), free_device_memory(device)
     copy_fits = fp32_copy_fits(copy_bytes, free_bytes)
@@ -191,9 +193,9 @@ def resolve_adapter_transition(model: PeftModel, args, is_quantized: bool, devic
                 f"; an fp32 copy of them takes {copy_bytes / 2**30:.2f} GiB more, "
                 f"{'within' if copy_fits else 'over'} {FP32_COPY_MAX_SHARE:.0%} of the {free} free on {device}"
             )
-        engine = f", trained by {'DeepSpeed' if args.deepspeed_plugin else 'FSDP'}" if sharded_engine else ""
+        trained_by = f", trained by {engine}" if sharded_engine else ""
         logger.info(
-            f"`adapter_transition='auto'`: the targeted base weights are {weights}{engine}"
+            f"`adapter_transition='auto'`: the targeted base weights are {weights}{trained_by}"
             f"{' under autocast' if autocast else ''}{memory}, so finished adapters are "
             f"{_DESCRIBED[transition]} ('{transition}')."
         )
@@ -311,16 +313,18 @@ class StageAdapters:
             self.retire(finished)
         self.add(stages[stage_index])
 
-    def save_trainable(self, output_dir: str, deepspeed_enabled: bool, should_save: bool) -> None:
+    def save_trainable(self, output_dir: str, engine: str | None, should_save: bool) -> None:
         """
         Save the trainable adapter alone, as a standard PEFT adapter, to `output_dir` (atomically, if `should_save`).
 
         Under DeepSpeed only the adapter's weights are gathered (the optimizer's fp32 master weights in a bf16/fp16
-        run), whatever `stage3_gather_16bit_weights_on_model_save` says: a collective call, made on every rank.
+        run), whatever `stage3_gather_16bit_weights_on_model_save` says: a collective call, made on every rank. Under
+        FSDP the adapter, replicated on every rank (`trl_plrs.fsdp`), is read alone: the model's own `state_dict`
+        would hold the sharded base.
         """
-        state_dict = (
-            adapter_state_dict(self.model, DEFAULT_ADAPTER, deepspeed_enabled=True) if deepspeed_enabled else None
-        )
+        state_dict = None
+        if engine is not None:
+            state_dict = adapter_state_dict(self.model, DEFAULT_ADAPTER, deepspeed_enabled=engine == "DeepSpeed")
         if should_save:
             with atomic_path(output_dir) as tmp:
                 self.model.save_pretrained(tmp, state_dict=state_dict, selected_adapters=[DEFAULT_ADAPTER])

@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,6 +53,7 @@ from trl_plrs.adapters import (
     lora_layers,
     trainable_adapter_names,
 )
+from trl_plrs.fsdp import is_sharded
 from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
 
 
@@ -118,6 +120,8 @@ class ReportCallback(CurriculumCallback):
                     name for name, param in model.named_parameters() if param.requires_grad and ".lora_" not in name
                 ],
                 "base_weights": len(base_weights),
+                # FSDP2 shards a weight as a `DTensor` of which each rank holds some rows.
+                "sharded_base_weights": sum(1 for weight in base_weights if is_sharded(weight)),
                 # A ZeRO-3 partitioned weight keeps an empty `.data`; its shard lives in `ds_tensor`.
                 "partitioned_base_weights": sum(
                     1
@@ -141,7 +145,24 @@ class ReportCallback(CurriculumCallback):
         )
 
 
+class KillSwitch(CurriculumCallback):
+    """Kills this process (SIGKILL) at a step's end or at a stage's beginning: the launcher then ends the whole job."""
+
+    def __init__(self, kill_at_step=None, kill_after_transition_to=None):
+        self.kill_at_step = kill_at_step
+        self.kill_after_transition_to = kill_after_transition_to
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_stage_begin(self, args, state, control, stage, **kwargs):
+        if stage.index == self.kill_after_transition_to:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main():
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--base_dir", required=True, help="Tiny model + tokenizer saved with `save_tiny_model`.")
     parser.add_argument("--output_dir", required=True)
@@ -155,7 +176,19 @@ def main():
     parser.add_argument(
         "--deepspeed", default=None, help="A user's DeepSpeed JSON, passed as `PLRSConfig(deepspeed=...)`."
     )
+    parser.add_argument(
+        "--fsdp_on_cpu", action="store_true", help="Apply the test-only shim that lets accelerate run FSDP2 on CPU."
+    )
+    parser.add_argument("--save_steps", type=int, default=None, help="Save a checkpoint every N steps.")
+    parser.add_argument("--kill_at_step", type=int, default=None, help="Rank 0 dies (SIGKILL) after this step.")
+    parser.add_argument("--kill_after_transition_to", type=int, default=None, help="Rank 0 dies at this stage.")
+    parser.add_argument("--resume", action="store_true", help="Resume from the newest checkpoint of `output_dir`.")
+    parser.add_argument("--eval_per_level", action="store_true", help="Evaluate every level at each stage's end.")
     args = parser.parse_args()
+    if args.fsdp_on_cpu:
+        from fsdp_on_cpu import enable_fsdp_on_cpu
+
+        enable_fsdp_on_cpu()
 
     # Loaded before the `PLRSConfig` exists: under ZeRO-3, transformers would otherwise partition the model while
     # loading it (`zero.Init`), and the trainer is the one that should do it.
@@ -185,7 +218,8 @@ def main():
         learning_rate=5e-3,
         warmup_steps=1,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="no" if args.save_steps is None else "steps",
+        save_steps=args.save_steps or 500,
         disable_tqdm=True,
         seed=7,
         max_length=128,
@@ -204,16 +238,22 @@ def main():
     from peft import LoraConfig
 
     report = ReportCallback(batch)
+    callbacks = [report]
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 0:
+        callbacks.append(KillSwitch(args.kill_at_step, args.kill_after_transition_to))
     trainer = CurriculumSFTTrainer(
         model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=make_synthetic_math(num_per_level=2, levels=(1, 2, 3), seed=1).map(to_prompt_completion)
+        if args.eval_per_level
+        else None,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=args.lora_dropout, target_modules=TARGETS),
-        callbacks=[report],
+        callbacks=callbacks,
     )
     report.trainer = trainer
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=True if args.resume else None)
     final_logits = eval_logits(trainer.model, batch)
 
     state = trainer.accelerator.state
