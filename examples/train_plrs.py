@@ -55,11 +55,13 @@ accelerate launch examples/train_plrs.py --config examples/configs/b5_replay_shr
     --load_in_4bit --use_bnb_nested_quant --adapter_transition stack --output_dir outputs/plrs-llama-1b-b5-qlora
 ```
 
-# Several GPUs, DeepSpeed ZeRO-2 / ZeRO-3
+# Several GPUs, DeepSpeed ZeRO-2 / ZeRO-3, FSDP2
 ```bash
 accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes 4 \
     examples/train_plrs.py --config examples/configs/b5_replay_shrink.yaml
 accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 4 \
+    examples/train_plrs.py --config examples/configs/b5_replay_shrink.yaml
+accelerate launch --config_file accelerate_configs/fsdp2.yaml --num_processes 4 \
     examples/train_plrs.py --config examples/configs/b5_replay_shrink.yaml
 ```
 
@@ -525,9 +527,10 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
     after = None
     if script_args.eval_after_training:
         zero3 = training_args.deepspeed_plugin is not None and training_args.deepspeed_plugin.zero_stage == 3
-        if zero3:
+        if zero3 or trainer.is_fsdp_enabled:
             logger.warning(
-                "`eval_after_training` is skipped under ZeRO-3 (the weights are sharded): evaluate the saved adapter "
+                f"`eval_after_training` is skipped under {'ZeRO-3' if zero3 else 'FSDP'} (the weights are sharded): "
+                "evaluate the saved adapter "
                 f"with `python examples/evaluate_math.py --adapter_path {training_args.output_dir} ...`."
             )
         else:
