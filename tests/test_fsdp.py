@@ -36,7 +36,7 @@ from trl_plrs.testing import build_tiny_model
 
 
 def _accelerator(fsdp_plugin):
-    return SimpleNamespace(state=SimpleNamespace(fsdp_plugin=fsdp_plugin))
+    return SimpleNamespace(state=SimpleNamespace(fsdp_plugin=fsdp_plugin), is_fsdp2=fsdp_plugin is not None)
 
 
 def test_fsdp1_and_a_quantized_base_are_refused():
@@ -61,14 +61,16 @@ def test_every_adapter_container_stays_out_of_fully_shard(peft_model):
     assert params == lora and lora and not params & base
 
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
-    keep_adapters_replicated(peft_model, plugin)
+    keep_adapters_replicated(peft_model, _accelerator(None))  # without FSDP2: nothing to do
+    assert plugin.ignored_modules is None
+    keep_adapters_replicated(peft_model, _accelerator(plugin))
     assert plugin.ignored_modules == modules
 
 
 def test_modules_the_user_ignored_stay_ignored(peft_model):
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
     plugin.ignored_modules = r".*\.embed_tokens"  # a name pattern, as accelerate accepts it
-    keep_adapters_replicated(peft_model, plugin)
+    keep_adapters_replicated(peft_model, _accelerator(plugin))
     embeddings = peft_model.get_input_embeddings()
     assert plugin.ignored_modules[0] is embeddings
     assert plugin.ignored_modules[1:] == adapter_modules(peft_model)

@@ -73,14 +73,17 @@ def adapter_modules(model: nn.Module) -> list[nn.Module]:
     return [getattr(layer, name) for layer in layers for name in LoraLayer.adapter_layer_names]
 
 
-def keep_adapters_replicated(model: nn.Module, fsdp_plugin) -> None:
+def keep_adapters_replicated(model: nn.Module, accelerator) -> None:
     """
-    Add `model`'s LoRA adapters to the FSDP plugin's `ignored_modules`, which accelerate passes to `fully_shard` as
-    `ignored_params`: the stage adapters then stay plain tensors on every rank, as the adapters of later stages will
-    be. Modules the user listed (as modules or as a name pattern) stay ignored too.
+    Under FSDP2, add `model`'s LoRA adapters to the FSDP plugin's `ignored_modules`, which accelerate passes to
+    `fully_shard` as `ignored_params`: the stage adapters then stay plain tensors on every rank, as the adapters of
+    later stages will be. Modules the user listed (as modules or as a name pattern) stay ignored too.
     """
     import re
 
+    if not fsdp2_enabled(accelerator):
+        return
+    fsdp_plugin = accelerator.state.fsdp_plugin
     ignored = fsdp_plugin.ignored_modules
     if isinstance(ignored, str):
         pattern = re.compile(ignored)
@@ -109,6 +112,22 @@ def average_gradients_across_ranks(params: list[nn.Parameter], accelerator) -> l
             dist.broadcast(param.data, src=0)
         handles.append(param.register_post_accumulate_grad_hook(average))
     return handles
+
+
+class ReplicatedAdapterGradients:
+    """The gradient averaging of the current stage adapter under FSDP2: installed anew for every stage's training."""
+
+    def __init__(self):
+        self.handles: list[RemovableHandle] = []
+
+    def install(self, model: nn.Module, accelerator, stage_adapters: bool) -> None:
+        """Replace the hooks with ones on `model`'s trainable parameters, under FSDP2 with stage adapters."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        if stage_adapters and fsdp2_enabled(accelerator):
+            trainable = [param for param in model.parameters() if param.requires_grad]
+            self.handles = average_gradients_across_ranks(trainable, accelerator)
 
 
 def reshard(model: nn.Module) -> None:

@@ -53,9 +53,8 @@ from .curriculum import Stage, build_stages, resolve_replay
 from .difficulty import compute_levels, score_rows
 from .fingerprint import data_fingerprint, model_fingerprint, training_fingerprint
 from .fsdp import (
-    average_gradients_across_ranks,
+    ReplicatedAdapterGradients,
     check_fsdp_support,
-    fsdp2_enabled,
     keep_adapters_replicated,
     reshard,
 )
@@ -283,7 +282,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self.curriculum_state = CurriculumState()
         self.stage_summaries: list[StageSummary] = []
         self._run_fingerprint = None
-        self.replicated_gradient_hooks = []  # under FSDP2: the stage adapter's gradient averaging (`trl_plrs.fsdp`)
+        self.replicated_gradients = ReplicatedAdapterGradients()  # under FSDP2 (`trl_plrs.fsdp`)
         return train_dataset, eval_dataset
 
     def _prepare_stages(self, rows_passed: int) -> None:
@@ -309,8 +308,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             self.adapter_transition = resolve_adapter_transition(
                 self.model, args, self.is_quantized, self.accelerator.device, self.engine
             )
-            if fsdp2_enabled(self.accelerator):
-                keep_adapters_replicated(self.model, self.accelerator.state.fsdp_plugin)
+            keep_adapters_replicated(self.model, self.accelerator)
             self.stage_adapters = StageAdapters(
                 self.model,
                 self.adapter_transition,
@@ -387,7 +385,6 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             pad_token_id=getattr(tokenizer, "pad_token_id", None) or 0,
             show_progress=self.is_world_process_zero() and not self.args.disable_tqdm,
             description=f"Scoring the {split} rows' difficulty (base_loss)",
-            # Under FSDP with `cpu_ram_efficient_loading` only the main process has loaded the weights so far.
             main_process_only=self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading,
         )
 
@@ -527,16 +524,8 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         self._stage_start_time = time.perf_counter()  # after the evaluation before training, which is not the stage's
 
     def after_model_prepared(self) -> None:
-        """
-        Once the Trainer has wrapped the model for a stage's training: under FSDP2, the stage adapter, replicated beside
-        the sharded base (`trl_plrs.fsdp`), is made equal on every rank and its gradients are averaged across ranks.
-        """
-        for handle in self.replicated_gradient_hooks:
-            handle.remove()
-        self.replicated_gradient_hooks = []
-        if self.stage_adapters is not None and fsdp2_enabled(self.accelerator):
-            trainable = [param for param in self.model.parameters() if param.requires_grad]
-            self.replicated_gradient_hooks = average_gradients_across_ranks(trainable, self.accelerator)
+        """Once a stage's model is wrapped: under FSDP2, its replicated adapter's gradients averaged across ranks."""
+        self.replicated_gradients.install(self.model, self.accelerator, self.stage_adapters is not None)
 
     def end_stage(self, stage: Stage, metrics: dict[str, float]) -> None:
         """
@@ -589,11 +578,6 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     def stage_early_stopping(self) -> StageEarlyStoppingCallback | None:
         """The early stopping of `early_stopping_patience` (looked up: a resume may have replaced the instance)."""
         return find_stage_early_stopping(self.callback_handler.callbacks)
-
-    @property
-    def engine(self) -> str | None:
-        """The engine that owns the weights: `"DeepSpeed"`, `"FSDP"`, or `None` (one process, DDP)."""
-        return "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
 
     @property
     def trained_stages(self) -> list[Stage]:

@@ -74,6 +74,11 @@ class TrainerInternalsMixin:
     method of the trainer.
     """
 
+    @property
+    def engine(self) -> str | None:
+        """The engine that owns the weights: `"DeepSpeed"`, `"FSDP"`, or `None` (one process, DDP)."""
+        return "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
+
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
     ) -> tuple[int, int]:
