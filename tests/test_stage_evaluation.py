@@ -445,3 +445,29 @@ def test_eval_dataset_without_levels_is_refused_unless_asked_for(tmp_path):
     with pytest.raises(ValueError, match="The `eval_dataset` has no `curriculum_column` 'level'"):
         build()
     assert build(stage_eval_per_level=False).stage_evaluation is None  # evaluated as a whole, on purpose
+
+
+def test_an_evaluation_at_the_stage_end_is_not_repeated(tmp_path, tokenizer):
+    """With `eval_strategy`, the Trainer evaluates at each stage's last step: the stage's row reuses those losses."""
+    from .test_plrs_trainer import lora_config, make_args
+
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(str(tmp_path), eval_strategy="epoch"),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()
+
+    per_level = [entry for entry in trainer.state.log_history if "eval_levels_runtime" in entry]
+    steps = [entry["step"] for entry in per_level]
+    assert len(steps) == len(set(steps)), f"per-level losses logged twice at a step: {steps}"
+    stage_ends = [sum(summary.steps for summary in trainer.stage_summaries[: k + 1]) for k in range(3)]
+    assert set(stage_ends) <= set(steps)
+    for summary, step in zip(trainer.stage_summaries, stage_ends, strict=True):
+        logged = next(entry for entry in per_level if entry["step"] == step)
+        assert summary.eval_per_level["loss"] == {
+            str(level): logged[f"eval_level_{level}/loss"] for level in (1, 2, 3)
+        }

@@ -102,6 +102,7 @@ class StageEvaluationCallback(CurriculumCallback):
         self.matrix = ForgettingMatrix(self.levels, [list(stage.levels) for stage in trainer.stages])
         self.system_prompt = _system_prompt_of(eval_dataset)
         self._first_stage_seen = None
+        self._latest = None  # (step, per-level row) of the latest evaluation during training
 
     # Stage boundaries (called by the trainer) ----------------------------------------------------------------------
 
@@ -124,11 +125,14 @@ class StageEvaluationCallback(CurriculumCallback):
     def end_stage(self, stage: Stage) -> dict[str, dict[str, float | None]]:
         """Evaluate every level after `stage`, log the retention metrics, save the matrix; returns the stage's row."""
         trainer, args = self.trainer, self.trainer.args
-        row = self.matrix.after_stage[stage.number] = self.evaluate_levels(
-            generate=args.stage_eval_generate,
-            predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.number}"),
-            label=f"Eval after stage {stage.number}/{len(trainer.stages)}",
-        )
+        row = self._evaluated_at_this_step()
+        if row is None:
+            row = self.evaluate_levels(
+                generate=args.stage_eval_generate,
+                predictions_dir=os.path.join(STAGE_EVAL_DIR, f"after_stage-{stage.number}"),
+                label=f"Eval after stage {stage.number}/{len(trainer.stages)}",
+            )
+        self.matrix.after_stage[stage.number] = row
         logs = {}
         for metric, derived in self.matrix.summary().items():
             for name in ("average_final", "backward_transfer", "forward_transfer"):
@@ -142,12 +146,29 @@ class StageEvaluationCallback(CurriculumCallback):
         self._save()
         return {metric: dict(zip(map(str, self.levels), values)) for metric, values in row.items()}
 
+    def _evaluated_at_this_step(self) -> dict[str, list[float | None]] | None:
+        """
+        The per-level row of the Trainer's evaluation at the current step (`eval_strategy` evaluates at a stage's last
+        step too), when it is the stage's final model's: no exact match asked, no best model loaded since. Evaluating
+        again would log the same losses twice.
+        """
+        args, state = self.trainer.args, self.trainer.state
+        if self._latest is None or self._latest[0] != state.global_step or args.stage_eval_generate:
+            return None
+        best = state.best_model_checkpoint
+        if args.load_best_model_at_end and best and not best.endswith(f"-{state.global_step}"):
+            return None
+        return self._latest[1]
+
     # Events -------------------------------------------------------------------------------------------------------
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         # The Trainer's own evaluation during a stage (the levels seen so far); add the loss of every level.
         if getattr(self.trainer, "is_in_train", False):
-            self.evaluate_levels(generate=False, label=f"Eval at step {state.global_step}")
+            self._latest = (
+                state.global_step,
+                self.evaluate_levels(generate=False, label=f"Eval at step {state.global_step}"),
+            )
 
     # Evaluation ---------------------------------------------------------------------------------------------------
 
