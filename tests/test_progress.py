@@ -15,12 +15,15 @@
 
 import os
 import re
+from types import SimpleNamespace
 
+import pytest
 from datasets import IterableDataset
 
+import trl_plrs.progress
 from trl_plrs import CurriculumSFTTrainer
 from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
-from trl_plrs.progress import format_log_line
+from trl_plrs.progress import bars_render, format_log_line
 from trl_plrs.testing import build_tiny_model
 
 from .conftest import make_leveled_dataset
@@ -35,7 +38,13 @@ def test_log_line_groups_levels_and_leads_with_the_stage():
     assert format_log_line({"train_loss": 0.25}, 3) == "curriculum | train_loss 0.25"
 
 
-def test_progress_output_is_labelled_and_numbered_from_one(tmp_path, tokenizer, capsys):
+@pytest.fixture
+def terminal(monkeypatch):
+    """Bars drawn as in a terminal: `bars_render` sees a stderr that is one (pytest's capture is not)."""
+    monkeypatch.setattr(trl_plrs.progress, "sys", SimpleNamespace(stderr=SimpleNamespace(isatty=lambda: True)))
+
+
+def test_progress_output_is_labelled_and_numbered_from_one(tmp_path, tokenizer, capsys, terminal):
     # MATH-like rows (problem, answer) of levels 1-3, so that the exact match per level can be generated.
     eval_dataset = make_synthetic_math(2, levels=(1, 2, 3), seed=1).map(to_prompt_completion)
     trainer = CurriculumSFTTrainer(
@@ -67,7 +76,7 @@ def test_progress_output_is_labelled_and_numbered_from_one(tmp_path, tokenizer, 
     assert unlabelled == []
 
 
-def test_a_streamed_eval_set_evaluates_with_bars_on(tmp_path, tokenizer, capsys):
+def test_a_streamed_eval_set_evaluates_with_bars_on(tmp_path, tokenizer, capsys, terminal):
     """An iterable eval set has no `len()`: the evaluation bar counts without a total (it once raised TypeError)."""
     rows = make_leveled_dataset(rows_per_level=2).remove_columns("level")
     streamed = IterableDataset.from_generator(lambda: iter(rows.to_list()))
@@ -82,3 +91,21 @@ def test_a_streamed_eval_set_evaluates_with_bars_on(tmp_path, tokenizer, capsys)
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] > 0
     assert "Evaluating" in capsys.readouterr().err
+
+
+def test_a_log_file_gets_the_lines_without_the_bars(tmp_path, tokenizer, capsys):
+    """Written to a file (stderr is not a terminal), the curriculum's bars are off; every line stays."""
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(tmp_path, disable_tqdm=False),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()
+    captured = capsys.readouterr()
+    assert not bars_render()
+    for label in ("Stage 1/3 (levels 1", "Eval after stage", "Evaluating", "\x1b[A"):
+        assert label not in captured.err
+    assert "Stage 3/3 done" in captured.out and "loss by level: 1 " in captured.out

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from .adapters import gathered_parameters
 from .checkpointing import atomic_path, read_json, write_json_atomic
 from .fingerprint import as_json, data_fingerprint
+from .progress import bars_render
 
 
 logger = get_logger(__name__)
@@ -149,7 +150,7 @@ def base_loss_scores(
     model.eval()
     try:
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
+        for batch in tqdm(batches, desc=description, unit="batch", disable=not (show_progress and bars_render())):
             rows = dataset.select(batch.tolist())
             width = max(lengths[i] for i in batch)
             input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)

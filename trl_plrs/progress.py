@@ -15,6 +15,8 @@
 and one line per finished stage. [`CurriculumProgressCallback`] replaces the Trainer's `ProgressCallback`; it only
 reads the trainer."""
 
+import sys
+
 from tqdm.auto import tqdm
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
@@ -26,6 +28,16 @@ from .transitions import stage_dir
 
 
 # Keys shown in a log line's prefix, or not at all, by [`CurriculumProgressCallback`].
+def bars_render() -> bool:
+    """
+    Whether progress bars render where they are written: a terminal, or a notebook (tqdm's widget bar). Written to a
+    file (`python train.py > train.log 2>&1`, a job scheduler's log), a bar is a run of `\r`-separated redraws, with
+    cursor moves (`\x1b[A`) where bars nest, between the log lines, which already say how far training is; there the
+    bars are off and the lines stay.
+    """
+    return "notebook" in tqdm.__module__ or sys.stderr.isatty()
+
+
 _PREFIX_KEYS = ("stage", "lora_rank", "trainable_params", "stage_epoch", "epoch", "total_flos")
 
 
@@ -86,6 +98,7 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
             total=state.max_steps - start,
             initial=state.global_step - start,
             dynamic_ncols=True,
+            disable=not bars_render(),
             desc=f"Stage {stage.number}/{len(self.trainer.stages)} (levels "
             f"{','.join(map(str, stage.levels))}{stage.rank_label})",
         )
@@ -103,6 +116,7 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
                 leave=False,
                 dynamic_ncols=True,
                 unit="batch",
+                disable=not bars_render(),
             )
         self.prediction_bar.update(1)
 
@@ -112,7 +126,9 @@ class CurriculumProgressCallback(CurriculumCallback, ProgressCallback):
         prediction bars stay closed until [`close_evaluation_bar`]. `None` on other processes.
         """
         if self.trainer.is_world_process_zero():
-            self._evaluation_bar = tqdm(total=total, desc=description, dynamic_ncols=True, unit="level")
+            self._evaluation_bar = tqdm(
+                total=total, desc=description, dynamic_ncols=True, unit="level", disable=not bars_render()
+            )
         return self._evaluation_bar
 
     def close_evaluation_bar(self) -> None:

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpointing import atomic_path
+from ..progress import bars_render
 from .data import SYSTEM_PROMPT, build_prompt_messages
 from .grading import GRADING_MODES, accuracy_report, extract_boxed_answer, grade_completion, report_to_markdown
 
@@ -283,7 +284,7 @@ def evaluate_math(
     with _appending_predictions(part_path) as append, generate as complete:
         new_rows = []
         batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
-        for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not show_progress):
+        for batch in tqdm(batches, desc=progress_label, unit="batch", disable=not (show_progress and bars_render())):
             graded = rows.graded(batch, complete([rows.problems[index] for index in batch]))
             append(graded)
             new_rows += graded
