@@ -249,7 +249,10 @@ def main(script_args: EvaluateArguments) -> dict:
         if script_args.adapter_path is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, script_args.adapter_path)
+            from trl_plrs.trainer_internals import quiet_peft_gradient_checkpointing_warning
+
+            with quiet_peft_gradient_checkpointing_warning():  # PEFT's code reads a deprecated property
+                model = PeftModel.from_pretrained(model, script_args.adapter_path)
         model = model.to(state.device)
 
     summary = evaluate_math(

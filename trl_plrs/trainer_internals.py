@@ -224,8 +224,9 @@ def move_to_activation_checkpointing(args) -> None:
 @contextlib.contextmanager
 def quiet_peft_gradient_checkpointing_warning():
     """
-    Around `SFTTrainer.__init__`: PEFT 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing`, which
-    transformers 5.24 deprecates with a `FutureWarning` about PEFT's code, not the user's. Can go once PEFT reads
+    Around `SFTTrainer.__init__` and our own `PeftModel.from_pretrained` calls (`examples/evaluate_math.py`, the vLLM
+    merge): PEFT 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing`, which transformers 5.24
+    deprecates with a `FutureWarning` about PEFT's code, not the user's. Can go once PEFT reads
     `is_activation_checkpointing`.
     """
     with warnings.catch_warnings():

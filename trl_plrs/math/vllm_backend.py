@@ -57,7 +57,11 @@ def merge_adapter(model_name_or_path: str, adapter_path: str, output_dir: str, d
 
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     base = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype)
-    PeftModel.from_pretrained(base, adapter_path).merge_and_unload().save_pretrained(output_dir)
+    from ..trainer_internals import quiet_peft_gradient_checkpointing_warning
+
+    with quiet_peft_gradient_checkpointing_warning():  # PEFT's code reads a deprecated property
+        model = PeftModel.from_pretrained(base, adapter_path)
+    model.merge_and_unload().save_pretrained(output_dir)
     AutoTokenizer.from_pretrained(model_name_or_path).save_pretrained(output_dir)
     return output_dir
 
