@@ -72,6 +72,7 @@ On a machine without a bf16-capable GPU, `bf16` defaults to `False` and `use_cpu
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -108,6 +109,7 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config, get_quantiza
 from trl_plrs import CurriculumSFTTrainer, PLRSConfig  # noqa: E402
 from trl_plrs.data import split_train_validation  # noqa: E402
 from trl_plrs.math import SYSTEM_PROMPT, load_math, make_synthetic_math, math_corpus, to_prompt_completion  # noqa: E402
+from trl_plrs.resume import checkpoint_to_resume  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -485,20 +487,6 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
         model_init_kwargs.update(training_args.model_init_kwargs or {})
         training_args.model_init_kwargs = model_init_kwargs
 
-    before = None
-    if script_args.eval_before_training:
-        before_dir = os.path.join(training_args.output_dir, "eval-before")
-        summary_path = os.path.join(before_dir, "summary.json")
-        if training_args.resume_from_checkpoint and os.path.isfile(summary_path):
-            with open(summary_path) as file:  # a resumed run evaluated its base before it was interrupted
-                before = json.load(file)
-        elif offline:
-            before = evaluate(model, tokenizer, test, script_args, before_dir)
-        else:
-            logger.warning(
-                "`eval_before_training` evaluates the base model with `examples/evaluate_math.py`; skipped."
-            )
-
     start = time.perf_counter()
     trainer = CurriculumSFTTrainer(
         model=model,
@@ -517,6 +505,28 @@ def main(script_args: ScriptArguments, training_args: PLRSConfig, model_args: Mo
             f"scores {agreement['spearman_scores']:.3f}, of the levels {agreement['spearman_levels']:.3f}; "
             f"{100 * agreement['same_level']:.1f}% of the rows in their own level."
         )
+    # A resume that would be refused (no checkpoint in `output_dir`, another run's) fails here, before any evaluation.
+    checkpoint_to_resume(
+        training_args.resume_from_checkpoint, training_args.output_dir, trainer.curriculum_fingerprint()
+    )
+    before = None
+    if script_args.eval_before_training:
+        evaluation_start = time.perf_counter()
+        before_dir = os.path.join(training_args.output_dir, "eval-before")
+        summary_path = os.path.join(before_dir, "summary.json")
+        if training_args.resume_from_checkpoint and os.path.isfile(summary_path):
+            with open(summary_path) as file:  # a resumed run evaluated its base before it was interrupted
+                before = json.load(file)
+        elif offline:
+            # The base model: the trainer's first adapter, added in place, is set aside (its `B` is zero anyway).
+            adapter_off = getattr(trainer.model, "disable_adapter", contextlib.nullcontext)
+            with adapter_off():
+                before = evaluate(trainer.model, tokenizer, test, script_args, before_dir)
+        else:
+            logger.warning(
+                "`eval_before_training` evaluates the base model with `examples/evaluate_math.py`; skipped."
+            )
+        start += time.perf_counter() - evaluation_start  # not training time
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_time = time.perf_counter() - start
     state.print(f"Training completed in {train_time:.0f} s.")

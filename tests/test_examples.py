@@ -269,6 +269,11 @@ def test_the_demo_resumes_from_the_command_line(train_plrs, tmp_path):
     assert again["before"] == first["before"] and again["after"]["overall"] == first["after"]["overall"]
     assert [summary["steps"] for summary in again["stage_summaries"]] == [1, 1, 1, 1, 1]
 
+    # A resume that is refused (an empty folder has no checkpoint) fails before evaluating anything.
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "empty", "--resume_from_checkpoint", "true")))
+    assert not os.path.exists(tmp_path / "empty" / "eval-before")
+
 
 def test_rescoring_writes_beside_the_csv(tmp_path):
     evaluate = load_script("evaluate_math")
