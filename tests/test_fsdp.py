@@ -22,6 +22,7 @@ import pytest
 import torch
 from accelerate.utils import FullyShardedDataParallelPlugin
 from peft import LoraConfig, get_peft_model
+from transformers import BitsAndBytesConfig
 
 from trl_plrs.fsdp import (
     adapter_modules,
@@ -39,13 +40,24 @@ def _accelerator(fsdp_plugin):
     return SimpleNamespace(state=SimpleNamespace(fsdp_plugin=fsdp_plugin), is_fsdp2=fsdp_plugin is not None)
 
 
-def test_fsdp1_and_a_quantized_base_are_refused():
-    check_fsdp_support(_accelerator(None), is_quantized=True)  # no FSDP: nothing to refuse
-    check_fsdp_support(_accelerator(SimpleNamespace(fsdp_version=2)), is_quantized=False)
+def _quantized(**config):
+    return SimpleNamespace(hf_quantizer=SimpleNamespace(quantization_config=BitsAndBytesConfig(**config)))
+
+
+def test_fsdp1_and_unshardable_quantized_bases_are_refused():
+    fsdp2 = _accelerator(SimpleNamespace(fsdp_version=2))
+    check_fsdp_support(_accelerator(None), _quantized(load_in_8bit=True), is_quantized=True)  # no FSDP
+    check_fsdp_support(fsdp2, None, is_quantized=False)
     with pytest.raises(ValueError, match=r"`fsdp_version` is 1: .* FSDP2 only .*accelerate_configs/fsdp2.yaml"):
-        check_fsdp_support(_accelerator(SimpleNamespace(fsdp_version=1)), is_quantized=False)
-    with pytest.raises(ValueError, match=r"QLoRA\) base .* under FSDP.*deepspeed_zero2.yaml"):
-        check_fsdp_support(_accelerator(SimpleNamespace(fsdp_version=2)), is_quantized=True)
+        check_fsdp_support(_accelerator(SimpleNamespace(fsdp_version=1)), None, is_quantized=False)
+    # QLoRA: 4-bit weights stored in a floating dtype are sharded like any weight (tested in test_distributed.py).
+    check_fsdp_support(fsdp2, _quantized(load_in_4bit=True, bnb_4bit_quant_storage=torch.bfloat16), True)
+    with pytest.raises(
+        ValueError, match=r"`bnb_4bit_quant_storage` is torch.uint8: .*bnb_4bit_quant_storage bfloat16"
+    ):
+        check_fsdp_support(fsdp2, _quantized(load_in_4bit=True), is_quantized=True)
+    with pytest.raises(ValueError, match=r"An 8-bit base .* under FSDP.*deepspeed_zero2.yaml"):
+        check_fsdp_support(fsdp2, _quantized(load_in_8bit=True), is_quantized=True)
 
 
 @pytest.fixture

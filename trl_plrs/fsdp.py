@@ -31,8 +31,12 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 
-def check_fsdp_support(accelerator, is_quantized: bool) -> None:
-    """Refuse, before training, what the curriculum does not run under FSDP: FSDP1, a quantized (QLoRA) base."""
+def check_fsdp_support(accelerator, model: nn.Module, is_quantized: bool) -> None:
+    """
+    Refuse, before training, what the curriculum does not run under FSDP: FSDP1, and a quantized base whose weights
+    `fully_shard` cannot shard (8-bit, or 4-bit with the default `uint8` storage, which accelerate leaves whole on every
+    rank). A 4-bit (QLoRA) base with a floating `bnb_4bit_quant_storage` is sharded like any weight.
+    """
     fsdp_plugin = getattr(accelerator.state, "fsdp_plugin", None)
     if fsdp_plugin is None:
         return
@@ -42,14 +46,23 @@ def check_fsdp_support(accelerator, is_quantized: bool) -> None:
             "deprecated by transformers 5.x). Set `fsdp_version: 2` in the accelerate config (see "
             "`accelerate_configs/fsdp2.yaml`) or `fsdp_config={'version': 2}`."
         )
-    if is_quantized:
+    if not is_quantized:
+        return
+    config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    if config is None or not getattr(config, "load_in_4bit", False):
         raise ValueError(
-            "A 4-bit/8-bit (QLoRA) base cannot be trained by `CurriculumSFTTrainer` under FSDP: the curriculum keeps "
-            "its stage adapters beside FSDP's shards, and `fully_shard` over bitsandbytes' quantized weights (with "
-            "`bnb_4bit_quant_storage`) is not something its transitions are tested on. Train the quantized base on "
-            "one GPU, with DDP (`accelerate_configs/multi_gpu.yaml`) or DeepSpeed ZeRO-2 "
-            "(`accelerate_configs/deepspeed_zero2.yaml`), or load it unquantized (bf16) under FSDP2 "
-            "(`accelerate_configs/fsdp2.yaml`)."
+            "An 8-bit base cannot be trained by `CurriculumSFTTrainer` under FSDP: `fully_shard` cannot shard "
+            "bitsandbytes' 8-bit weights. Use a 4-bit base with `bnb_4bit_quant_storage` set to the compute dtype "
+            "(e.g. `--load_in_4bit --bnb_4bit_quant_storage bfloat16`), or train the 8-bit base with DDP "
+            "(`accelerate_configs/multi_gpu.yaml`) or DeepSpeed ZeRO-2 (`accelerate_configs/deepspeed_zero2.yaml`)."
+        )
+    storage = getattr(config, "bnb_4bit_quant_storage", torch.uint8)
+    if not storage.is_floating_point:
+        raise ValueError(
+            f"`bnb_4bit_quant_storage` is {storage}: under FSDP the 4-bit weights must be stored in a floating dtype "
+            "for `fully_shard` to shard them (with `uint8` accelerate leaves every weight whole on every rank). Set "
+            "it to the compute dtype: `BitsAndBytesConfig(..., bnb_4bit_quant_storage=torch.bfloat16)`, or "
+            "`--bnb_4bit_quant_storage bfloat16` with `examples/train_plrs.py`."
         )
 
 

@@ -290,7 +290,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         args = self.args
         if self.training_kind == "lora":
             check_first_stage_adapter(self.model.peft_config[DEFAULT_ADAPTER])
-        check_fsdp_support(self.accelerator, self.is_quantized)
+        check_fsdp_support(self.accelerator, self.model, self.is_quantized)
         if self.is_quantized:
             # Before any no-grad forward (the difficulty scoring below, the evaluations) can repack the 4-bit weights.
             keep_4bit_weights_trainable_on_cpu(self.model)

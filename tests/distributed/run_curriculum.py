@@ -184,6 +184,7 @@ def main():
     parser.add_argument("--kill_after_transition_to", type=int, default=None, help="Rank 0 dies at this stage.")
     parser.add_argument("--resume", action="store_true", help="Resume from the newest checkpoint of `output_dir`.")
     parser.add_argument("--eval_per_level", action="store_true", help="Evaluate every level at each stage's end.")
+    parser.add_argument("--load_in_4bit", action="store_true", help="A 4-bit NF4 base (QLoRA), stored in float32.")
     args = parser.parse_args()
     if args.fsdp_on_cpu:
         from fsdp_on_cpu import enable_fsdp_on_cpu
@@ -193,7 +194,19 @@ def main():
     # Loaded before the `PLRSConfig` exists: under ZeRO-3, transformers would otherwise partition the model while
     # loading it (`zero.Init`), and the trainer is the one that should do it.
     tokenizer = AutoTokenizer.from_pretrained(args.base_dir)
-    model = AutoModelForCausalLM.from_pretrained(args.base_dir, dtype=torch.float32)
+    quantization_config = None
+    if args.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization_config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_quant_storage=torch.float32,  # a floating storage, which FSDP can shard
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        args.base_dir, dtype=torch.float32, quantization_config=quantization_config
+    )
     dataset = make_synthetic_math(num_per_level=8, levels=(1, 2, 3), seed=0).map(to_prompt_completion)
     scored_rows = []
     if args.curriculum_difficulty is not None:
