@@ -265,10 +265,10 @@ def test_fsdp2_curriculum_killed_and_resumed_matches_uninterrupted(tmp_path, bas
         for key in weights:
             torch.testing.assert_close(weights[key], expected[key], rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)
     # Every stage evaluated every level, with the same figures as the uninterrupted run, on both ranks.
-    expected_losses = [summary["eval_per_level"]["eval_loss"] for summary in uninterrupted[0]["stage_summaries"]]
+    expected_losses = [summary["eval_per_level"]["loss"] for summary in uninterrupted[0]["stage_summaries"]]
     assert [len(losses) for losses in expected_losses] == [3, 3, 3]
     for report in resumed:
-        losses = [summary["eval_per_level"]["eval_loss"] for summary in report["stage_summaries"]]
+        losses = [summary["eval_per_level"]["loss"] for summary in report["stage_summaries"]]
         for stage_losses, stage_expected in zip(losses, expected_losses, strict=True):
             assert stage_losses == pytest.approx(stage_expected, abs=1e-5)
 
@@ -291,8 +291,8 @@ def test_fsdp2_shards_a_4bit_base_and_trains_as_ddp(tmp_path, base_dir):
     weights = load_file(os.path.join(tmp_path / "fsdp2", ADAPTER_WEIGHTS_NAME))
     ddp_weights = load_file(os.path.join(tmp_path / "ddp", ADAPTER_WEIGHTS_NAME))
     assert weights.keys() == ddp_weights.keys()
-    for key in weights:
-        torch.testing.assert_close(weights[key], ddp_weights[key], rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)
+    for key in weights:  # the values agree; DDP saves the adapter in its training dtype (bf16 on a 4-bit base)
+        torch.testing.assert_close(weights[key], ddp_weights[key].float(), rtol=0, atol=DISTRIBUTED_VS_SINGLE_ATOL)
 
 
 @pytest.mark.parametrize("engine, scored_rows", [("ddp", [[12], [12]]), ("fsdp2", [[24], []])])
