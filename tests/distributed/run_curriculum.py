@@ -29,6 +29,10 @@ training processes is measured here, at the stage boundaries:
 - `stage_end`: at every stage's end: logits and a SHA-256 of the trainable parameters (gathered under ZeRO-3), which
   must be identical on every rank;
 - `final_logits`: the trained model's logits, which the saved combined adapter must reproduce on the original base.
+
+`--fsdp_on_cpu` applies the test-only shim `fsdp_on_cpu.py` (FSDP2 on CPU); `--save_steps`, `--kill_at_step`,
+`--kill_after_transition_to` and `--resume` drive the kill-and-resume tests (rank 0 kills itself, the launcher ends
+the job); `--eval_per_level` and `--load_in_4bit` add a per-level evaluation set and a 4-bit base.
 """
 
 import argparse
@@ -162,7 +166,6 @@ class KillSwitch(CurriculumCallback):
 
 
 def main():
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--base_dir", required=True, help="Tiny model + tokenizer saved with `save_tiny_model`.")
     parser.add_argument("--output_dir", required=True)
