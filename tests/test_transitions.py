@@ -39,17 +39,20 @@ from .test_adapters import logits, lora_config, randomize_adapter
 def test_choose_adapter_transition():
     fp32, bf16, fp16 = {torch.float32}, {torch.bfloat16}, {torch.float16}
 
-    def auto(dtypes, quantized=False, sharded_engine=False, autocast=False, fits=True):
-        return choose_adapter_transition("auto", dtypes, quantized, sharded_engine, autocast, fits)
+    def auto(dtypes, quantized=False, engine=None, autocast=False, fits=True):
+        return choose_adapter_transition("auto", dtypes, quantized, engine, autocast, fits)
 
-    assert auto(fp32) == auto(fp32, autocast=True) == auto(fp32, sharded_engine=True) == "merge"
+    assert auto(fp32) == auto(fp32, autocast=True) == auto(fp32, engine="DeepSpeed") == "merge"
     # 16-bit weights under autocast: upcast the targeted weights, then merge exactly.
     assert auto(bf16, autocast=True) == auto(fp16, autocast=True) == "fp32_merge"
     # 16-bit weights without autocast could not run an fp32 weight: keep the finished adapters instead.
     assert auto(bf16) == auto(fp16) == auto({torch.float32, torch.bfloat16}) == "stack"
     assert auto(fp32, quantized=True) == auto(bf16, quantized=True, autocast=True) == "stack"
-    # DeepSpeed (or FSDP) with bf16/fp16 owns the weights and casts them to 16 bits.
-    assert auto(fp32, sharded_engine=True, autocast=True) == auto(bf16, sharded_engine=True, autocast=True) == "stack"
+    # DeepSpeed with bf16/fp16 casts the weights to 16 bits; no engine lets them be upcast.
+    assert auto(fp32, engine="DeepSpeed", autocast=True) == auto(bf16, engine="DeepSpeed", autocast=True) == "stack"
+    assert auto(bf16, engine="FSDP", autocast=True) == "stack"
+    # FSDP2 keeps fp32 weights in fp32 under bf16 (only each gathered copy is cast): a merge stays exact.
+    assert auto(fp32, engine="FSDP", autocast=True) == "merge"
     # An fp32 copy that would not fit: the fused stack, which needs no extra memory.
     assert auto(bf16, autocast=True, fits=False) == "stack"
     assert auto(fp32, fits=False) == "merge"  # nothing to copy

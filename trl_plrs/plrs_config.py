@@ -86,7 +86,8 @@ class PLRSConfig(SFTConfig):
             training), then every finished adapter is merged exactly; needs autocast (`bf16`/`fp16`) and no
             DeepSpeed/FSDP. `"auto"`: `"merge"` into fp32 weights, `"fp32_merge"` on 16-bit weights under autocast
             when their fp32 copy takes at most 25% of the free device memory, `"stack"` otherwise (a quantized base,
-            16-bit weights without autocast or whose fp32 copy would not fit, DeepSpeed/FSDP with bf16/fp16).
+            16-bit weights without autocast, under DeepSpeed/FSDP or whose fp32 copy would not fit, DeepSpeed with
+            bf16/fp16, which casts fp32 weights to 16 bits; FSDP2 keeps them fp32, so they merge).
         plrs_preset (`str`, *optional*):
             One of the paper's six baselines, filling `curriculum_stages`, `replay` and `lora_ranks`: `"direct"`
             (B1), `"seq_no_replay"` (B2), `"seq_no_replay_shrink"` (B3), `"seq_full_replay"` (B4), `"replay_shrink"`

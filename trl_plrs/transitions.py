@@ -90,7 +90,7 @@ def choose_adapter_transition(
     requested: str,
     base_dtypes: set[torch.dtype],
     quantized: bool,
-    sharded_engine: bool,
+    engine: str | None,
     autocast: bool,
     fp32_copy_fits: bool = True,
 ) -> str:
@@ -103,15 +103,16 @@ def choose_adapter_transition(
     LoRA-targeted 16-bit weights to fp32 when training runs under autocast and that copy fits (`"fp32_merge"`: 2 more
     bytes per targeted weight, merged steps as fast as a plain LoRA run); it keeps finished adapters frozen beside the
     new one (`"stack"`: exact on any base, no extra memory, one fused frozen LoRA branch per layer whose rank is the
-    finished stages' sum) on a quantized base, under a sharding engine (DeepSpeed, FSDP), on 16-bit weights without
-    autocast, or when the fp32 copy would not fit.
+    finished stages' sum) on a quantized base, under DeepSpeed with bf16/fp16, on 16-bit weights under a sharding
+    engine (DeepSpeed, FSDP) or without autocast, or when the fp32 copy would not fit.
 
     Args:
         requested (`str`): `"auto"`, `"merge"`, `"fp32_merge"` or `"stack"`.
         base_dtypes (`set[torch.dtype]`): dtypes of the LoRA-targeted base weights.
         quantized (`bool`): whether the base is 4-bit or 8-bit.
-        sharded_engine (`bool`): whether DeepSpeed or FSDP own the weights (their dtype and layout are the engine's;
-            DeepSpeed with bf16/fp16 casts fp32-loaded weights to 16 bits).
+        engine (`str` or `None`): the engine that owns the weights, `"DeepSpeed"` or `"FSDP"`. DeepSpeed with
+            bf16/fp16 casts fp32-loaded weights to 16 bits; FSDP2 keeps them in fp32 (its mixed precision casts each
+            gathered copy for the compute), so a merge into them stays exact. Neither lets the weights be upcast.
         autocast (`bool`): whether training runs under autocast (`bf16`/`fp16` without DeepSpeed), which runs an
             fp32 weight in 16-bit matmuls.
         fp32_copy_fits (`bool`, *optional*, defaults to `True`): whether upcasting the targeted 16-bit weights to
@@ -122,8 +123,8 @@ def choose_adapter_transition(
     if quantized:
         return "stack"
     if base_dtypes <= {torch.float32, torch.float64}:
-        return "merge" if not (sharded_engine and autocast) else "stack"
-    return "fp32_merge" if autocast and not sharded_engine and fp32_copy_fits else "stack"
+        return "stack" if engine == "DeepSpeed" and autocast else "merge"
+    return "fp32_merge" if autocast and engine is None and fp32_copy_fits else "stack"
 
 
 def fp32_copy_bytes(model: nn.Module) -> int:
@@ -176,7 +177,7 @@ def resolve_adapter_transition(
     copy_bytes, free_bytes = fp32_copy_bytes(model), free_device_memory(device)
     copy_fits = fp32_copy_fits(copy_bytes, free_bytes)
     transition = choose_adapter_transition(
-        args.adapter_transition, base_dtypes, is_quantized, sharded_engine, autocast, copy_fits
+        args.adapter_transition, base_dtypes, is_quantized, engine, autocast, copy_fits
     )
     weights = "4-bit/8-bit" if is_quantized else "/".join(sorted(str(d).split(".")[-1] for d in base_dtypes))
     if transition == "fp32_merge" and (is_quantized or sharded_engine or not autocast):
@@ -200,11 +201,11 @@ def resolve_adapter_transition(
             f"{_DESCRIBED[transition]} ('{transition}')."
         )
     elif transition == "merge" and (
-        not base_dtypes <= {torch.float32, torch.float64} or (sharded_engine and autocast)
+        not base_dtypes <= {torch.float32, torch.float64} or (engine == "DeepSpeed" and autocast)
     ):
         logger.warning(
             f"`adapter_transition='merge'` with {weights} base weights"
-            f"{' cast to 16 bits by the engine' if sharded_engine and autocast else ''}: merging a stage's update "
+            f"{' cast to 16 bits by DeepSpeed' if engine == 'DeepSpeed' and autocast else ''}: merging a stage's update "
             "into 16-bit weights rounds most of it away (each merge logs how much). Use "
             "`adapter_transition='auto'` (the default), 'fp32_merge' or 'stack', or load the base in float32."
         )

@@ -169,7 +169,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--base_dir", required=True, help="Tiny model + tokenizer saved with `save_tiny_model`.")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--adapter_transition", default="merge", choices=["merge", "stack"])
+    parser.add_argument("--adapter_transition", default="merge", choices=["merge", "stack", "auto"])
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 mixed precision (autocast; FSDP2's MixedPrecisionPolicy)."
+    )
     parser.add_argument("--per_device_train_batch_size", type=int, default=2)
     parser.add_argument("--max_steps", type=int, default=3)
     parser.add_argument("--lora_dropout", type=float, default=0.0)
@@ -227,7 +230,7 @@ def main():
         # Without a GPU, `use_cpu=True` is what makes accelerate pick gloo: otherwise each launched process silently
         # trains alone (`DistributedType.NO`) even under `accelerate launch --multi_gpu --num_processes 2`.
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=args.bf16,
         report_to="none",
         per_device_train_batch_size=args.per_device_train_batch_size,
         max_steps=args.max_steps,
@@ -278,7 +281,7 @@ def main():
         "num_processes": state.num_processes,
         "distributed_type": str(state.distributed_type),
         "zero_stage": training_args.deepspeed_plugin.zero_stage if training_args.deepspeed_plugin else None,
-        "adapter_transition": args.adapter_transition,
+        "adapter_transition": trainer.adapter_transition,
         "stages": [
             {"index": stage.index, "levels": list(stage.levels), "lora_rank": stage.lora_rank}
             for stage in trainer.stages
