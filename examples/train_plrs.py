@@ -635,11 +635,11 @@ def make_parser(argv: list[str] | None = None) -> TrlParser:
     return parser
 
 
-if __name__ == "__main__":
-    parser = make_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config()
+def cli(argv: list[str] | None = None) -> dict:
+    """Parse `argv` (the command line by default) and run; Ctrl-C ends with one line saying how to resume."""
+    script_args, training_args, model_args = make_parser(argv).parse_args_and_config(args=argv)
     try:
-        main(script_args, training_args, model_args)
+        return main(script_args, training_args, model_args)
     except KeyboardInterrupt:
         # One line instead of a traceback: what was saved, and how to go on from it.
         print(
@@ -648,3 +648,7 @@ if __name__ == "__main__":
             file=sys.stderr,
         )
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

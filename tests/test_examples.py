@@ -25,7 +25,9 @@ import pytest
 import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
+from safetensors.torch import load_file
 
+from trl_plrs.adapters import ADAPTER_WEIGHTS_NAME
 from trl_plrs.curriculum import PRESETS
 
 
@@ -273,6 +275,42 @@ def test_the_demo_resumes_from_the_command_line(train_plrs, tmp_path):
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
         train_plrs.main(*parse(train_plrs, tiny_demo_argv(tmp_path / "empty", "--resume_from_checkpoint", "true")))
     assert not os.path.exists(tmp_path / "empty" / "eval-before")
+
+
+def test_ctrl_c_ends_with_one_line_and_the_command_it_names_finishes_the_run(train_plrs, tmp_path, capsys, monkeypatch):
+    """Ctrl-C (a KeyboardInterrupt as stage 3 begins) ends the demo with exit status 130 and one line instead of a
+    traceback; the command that line names resumes from the stage-2 checkpoint and ends where an uninterrupted run
+    ends."""
+    from trl_plrs import CurriculumSFTTrainer
+
+    begin_stage = CurriculumSFTTrainer.begin_stage
+
+    def interrupted_as_stage_3_begins(self, stage):
+        if stage.number == 3:
+            raise KeyboardInterrupt
+        begin_stage(self, stage)
+
+    argv = tiny_demo_argv(tmp_path / "demo")
+    with monkeypatch.context() as patch:
+        patch.setattr(CurriculumSFTTrainer, "begin_stage", interrupted_as_stage_3_begins)
+        with pytest.raises(SystemExit) as exited:
+            train_plrs.cli(argv)
+    assert exited.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "rerun the same command with --resume_from_checkpoint True" in err
+
+    resumed = train_plrs.cli([*argv, "--resume_from_checkpoint", "True"])
+    uninterrupted = train_plrs.cli(tiny_demo_argv(tmp_path / "uninterrupted"))
+    assert [s["stage"] for s in resumed["stage_summaries"]] == [1, 2, 3, 4, 5]
+    assert [s["train_loss"] for s in resumed["stage_summaries"]] == pytest.approx(
+        [s["train_loss"] for s in uninterrupted["stage_summaries"]], abs=1e-6
+    )
+    final = [load_file(tmp_path / name / ADAPTER_WEIGHTS_NAME) for name in ("demo", "uninterrupted")]
+    assert final[0].keys() == final[1].keys()
+    for key in final[0]:
+        torch.testing.assert_close(final[0][key], final[1][key], rtol=0, atol=1e-6)
+    assert resumed["after"] == uninterrupted["after"]
 
 
 def test_rescoring_writes_beside_the_csv(tmp_path):
