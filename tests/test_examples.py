@@ -277,7 +277,7 @@ def test_the_demo_resumes_from_the_command_line(train_plrs, tmp_path):
     assert not os.path.exists(tmp_path / "empty" / "eval-before")
 
 
-def test_ctrl_c_ends_with_one_line_and_the_command_it_names_finishes_the_run(train_plrs, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_ends_with_one_line_and_its_command_resumes(train_plrs, tmp_path, capsys, monkeypatch):
     """Ctrl-C (a KeyboardInterrupt as stage 3 begins) ends the demo with exit status 130 and one line instead of a
     traceback; the command that line names resumes from the stage-2 checkpoint and ends where an uninterrupted run
     ends."""
