@@ -13,11 +13,11 @@
 # limitations under the License.
 """
 A 3-stage PLRS curriculum launched with `accelerate launch --num_processes 2` on CPU (gloo): DDP, DeepSpeed ZeRO-2
-and ZeRO-3, and FSDP2 (through the test-only shim `tests/distributed/fsdp_on_cpu.py`) in merge and stack modes, each with our accelerate config (whose JSON sets
-`stage3_gather_16bit_weights_on_model_save`) and with a user's own JSON passed as `PLRSConfig(deepspeed=...)` that
-lacks it (DeepSpeed's default, as in the Hugging Face docs' examples). Every run must land on the single-process
-result. Each run is a subprocess (DeepSpeed state leaks into later trainers of one Python process) whose worker,
-`tests/distributed/run_curriculum.py`, writes one JSON report per rank.
+and ZeRO-3, and FSDP2 (through the test-only shim `tests/distributed/fsdp_on_cpu.py`) in merge and stack modes, each
+with our accelerate config (whose JSON sets `stage3_gather_16bit_weights_on_model_save`) and with a user's own JSON
+passed as `PLRSConfig(deepspeed=...)` that lacks it (DeepSpeed's default, as in the Hugging Face docs' examples).
+Every run must land on the single-process result. Each run is a subprocess (DeepSpeed state leaks into later trainers
+of one Python process) whose worker, `tests/distributed/run_curriculum.py`, writes one JSON report per rank.
 
 Select them with `pytest -m distributed`. The first DeepSpeed run compiles DeepSpeed's shm op (~45 s, cached in
 `~/.cache/torch_extensions`).

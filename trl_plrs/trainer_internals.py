@@ -19,8 +19,9 @@ about it (the step count, checkpoints, resume). Each override or access below na
 on. Checked against the whole range that `setup.cfg` allows: transformers 5.20.0, 5.24.0 and 5.25.0, TRL 1.16.0
 (`.ci/run` runs the core tests against the lowest and the newest versions). transformers 5.25's public
 `Trainer.get_resumed_dataloader` decides *how* a resumed epoch skips its batches; how many a stage skips is the
-curriculum's (`continue_training_state`), so the override of `_init_training_state` stays. [`check_trainer_internals`] fails at trainer
-construction, with the versions to install, when an upstream release removed one of them.
+curriculum's (`continue_training_state`), so the override of `_init_training_state` stays.
+[`check_trainer_internals`] fails at trainer construction, with the versions to install, when an upstream release
+removed one of them.
 
 The rest of the package uses public API only; `tests/test_trainer_internals.py` greps it to keep it so.
 """

@@ -19,8 +19,9 @@ FSDP`) into `DistributedType.FSDP` only for accelerator devices (GPU, XPU, NPU..
 `DistributedType.MULTI_CPU` and silently trains as DDP-without-DDP. [`enable_fsdp_on_cpu`] wraps
 `AcceleratorState.__init__` so that, on a multi-process CPU run given an FSDP plugin, the state records
 `DistributedType.FSDP` (in the process state too, as accelerate does at the end of its own initialisation) and keeps
-the plugin (with the mixed precision set, as accelerate does on GPUs). That is all it changes: everything after it is accelerate's, transformers' and torch's real FSDP2 code (`fsdp2_prepare_model`,
-`fully_shard` over a gloo device mesh of CPU DTensors, FSDP state-dict save and load, `clip_grad_norm_`).
+the plugin (with the mixed precision set, as accelerate does on GPUs). That is all it changes: everything after it is
+accelerate's, transformers' and torch's real FSDP2 code (`fsdp2_prepare_model`, `fully_shard` over a gloo device mesh
+of CPU DTensors, FSDP state-dict save and load, `clip_grad_norm_`).
 """
 
 from accelerate.state import AcceleratorState, PartialState
