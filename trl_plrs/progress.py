@@ -27,9 +27,8 @@ from .curriculum import Stage
 from .transitions import stage_dir
 
 
-# Keys shown in a log line's prefix, or not at all, by [`CurriculumProgressCallback`].
 def bars_render() -> bool:
-    """
+    r"""
     Whether progress bars render where they are written: a terminal, or a notebook (tqdm's widget bar). Written to a
     file (`python train.py > train.log 2>&1`, a job scheduler's log), a bar is a run of `\r`-separated redraws, with
     cursor moves (`\x1b[A`) where bars nest, between the log lines, which already say how far training is; there the
@@ -38,6 +37,7 @@ def bars_render() -> bool:
     return "notebook" in tqdm.__module__ or sys.stderr.isatty()
 
 
+# Keys shown in a log line's prefix, or not at all, by [`CurriculumProgressCallback`].
 _PREFIX_KEYS = ("stage", "lora_rank", "trainable_params", "stage_epoch", "epoch", "total_flos")
 
 
