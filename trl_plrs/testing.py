@@ -12,18 +12,23 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Tiny models and a locally trained tokenizer, so that tests and the offline demo never touch a model hub.
+Tiny models and a locally trained tokenizer, so that tests and the offline demo never touch a model hub, and a
+callback that kills its process at a chosen point, for resume tests.
 
 >>> from trl_plrs.testing import build_tiny_model, build_tokenizer
 >>> tokenizer = build_tokenizer()
 >>> model = build_tiny_model(tokenizer, architecture="llama")
 """
 
+import os
+import signal
 from collections.abc import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from .callbacks import CurriculumCallback
 
 
 PAD_TOKEN = "<|pad|>"
@@ -173,3 +178,27 @@ def save_tiny_model(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def kill_this_process() -> None:
+    """Die at once with SIGKILL, as a preempted or OOM-killed job does: no handler, no cleanup, no flush."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillSwitch(CurriculumCallback):
+    """
+    Kills its process ([`kill_this_process`]) at the end of step `kill_at_step` or as the stage of index
+    `kill_after_transition_to` begins (after the transition), for tests that resume a killed curriculum.
+    """
+
+    def __init__(self, kill_at_step: int | None = None, kill_after_transition_to: int | None = None):
+        self.kill_at_step = kill_at_step
+        self.kill_after_transition_to = kill_after_transition_to
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.kill_at_step:
+            kill_this_process()
+
+    def on_stage_begin(self, args, state, control, stage, **kwargs):
+        if stage.index == self.kill_after_transition_to:
+            kill_this_process()

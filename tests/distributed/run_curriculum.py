@@ -39,7 +39,6 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,6 +58,7 @@ from trl_plrs.adapters import (
 )
 from trl_plrs.fsdp import is_sharded
 from trl_plrs.math.data import make_synthetic_math, to_prompt_completion
+from trl_plrs.testing import KillSwitch
 
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -147,22 +147,6 @@ class ReportCallback(CurriculumCallback):
                 "checksum": trainable_checksum(model),
             }
         )
-
-
-class KillSwitch(CurriculumCallback):
-    """Kills this process (SIGKILL) at a step's end or at a stage's beginning: the launcher then ends the whole job."""
-
-    def __init__(self, kill_at_step=None, kill_after_transition_to=None):
-        self.kill_at_step = kill_at_step
-        self.kill_after_transition_to = kill_after_transition_to
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def on_stage_begin(self, args, state, control, stage, **kwargs):
-        if stage.index == self.kill_after_transition_to:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main():

@@ -19,32 +19,12 @@ A 3-stage curriculum on a tiny model that can kill itself with SIGKILL at a chos
 """
 
 import argparse
-import os
-import signal
 
 import torch
 from peft import LoraConfig
 
-from trl_plrs import CurriculumCallback, CurriculumSFTTrainer, PLRSConfig
-from trl_plrs.testing import build_tiny_model, build_tokenizer
-
-
-def kill_self():
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class KillSwitch(CurriculumCallback):
-    def __init__(self, kill_at_step=None, kill_after_transition_to=None):
-        self.kill_at_step = kill_at_step
-        self.kill_after_transition_to = kill_after_transition_to
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.kill_at_step:
-            kill_self()
-
-    def on_stage_begin(self, args, state, control, stage, **kwargs):
-        if stage.index == self.kill_after_transition_to:
-            kill_self()
+from trl_plrs import CurriculumSFTTrainer, PLRSConfig
+from trl_plrs.testing import KillSwitch, build_tiny_model, build_tokenizer, kill_this_process
 
 
 class TornCheckpointTrainer(CurriculumSFTTrainer):
@@ -54,7 +34,7 @@ class TornCheckpointTrainer(CurriculumSFTTrainer):
 
     def _save_optimizer_and_scheduler(self, output_dir):
         if self.state.global_step == self.kill_while_saving_step:
-            kill_self()
+            kill_this_process()
         super()._save_optimizer_and_scheduler(output_dir)
 
 
