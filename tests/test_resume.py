@@ -110,16 +110,26 @@ class StopAtStep:
 @pytest.mark.parametrize("stop_at", [2, 6])  # mid-stage 1, mid-stage 2 (3 stages of 4 steps)
 def test_per_stage_figures_add_up_after_a_resume(tmp_path, tokenizer, stop_at):
     """A resumed stage reports its loss over all its steps (the run before the stop included), as the uninterrupted
-    run does, and so does the curriculum's `train_loss`."""
+    run does, and so does the curriculum's `train_loss`; its `train_runtime` counts the time it trained before the
+    stop too, so that `samples / train_runtime` is its speed."""
+    from transformers import TrainerCallback
+
+    class SlowStep(TrainerCallback):  # the step before the stop takes 1.5 s more
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == stop_at - 1:
+                time.sleep(1.5)
+
     uninterrupted = _trainer(tmp_path / "uninterrupted", tokenizer)
     expected = uninterrupted.train()
-    _trainer(tmp_path / "interrupted", tokenizer, callbacks=[StopAtStep(stop_at)]).train()
+    _trainer(tmp_path / "interrupted", tokenizer, callbacks=[SlowStep(), StopAtStep(stop_at)]).train()
     resumed = _trainer(tmp_path / "interrupted", tokenizer)
     output = resumed.train(resume_from_checkpoint=True)
     for mine, theirs in zip(resumed.stage_summaries, uninterrupted.stage_summaries, strict=True):
         assert (mine.stage, mine.steps, mine.samples) == (theirs.stage, theirs.steps, theirs.samples)
         assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-5), mine.stage
     assert output.training_loss == pytest.approx(expected.training_loss, rel=1e-5)
+    stopped_stage = resumed.stage_summaries[(stop_at - 1) // 4]  # 3 stages of 4 steps
+    assert stopped_stage.train_runtime >= 1.5
 
 
 @pytest.mark.parametrize(

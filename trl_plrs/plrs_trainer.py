@@ -545,7 +545,7 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             steps=steps,
             samples=round(len(self.train_dataset) * (self.state.epoch or 0.0)),
             train_loss=self._stage_loss(metrics.get("train_loss"), steps),
-            train_runtime=time.perf_counter() - self._stage_start_time,
+            train_runtime=self._stage_runtime(),
         )
         self.stage_summaries.append(summary)
         if self.stage_evaluation is not None:
@@ -559,6 +559,10 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
         if loss_this_call is None or steps_this_call == steps:
             return loss_this_call
         return (self.curriculum_state.stage_loss_sum + loss_this_call * steps_this_call) / max(steps, 1)
+
+    def _stage_runtime(self) -> float:
+        """Seconds the stage has trained: those of a run it resumed count too."""
+        return self.curriculum_state.stage_runtime + time.perf_counter() - self._stage_start_time
 
     def _summary_of(self, stage: Stage) -> StageSummary:
         return next(summary for summary in self.stage_summaries if summary.stage == stage.number)
@@ -654,13 +658,15 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
     def save_curriculum_state(self, checkpoint_dir: str, loss_this_call: float = 0.0) -> None:
         """
         Write the curriculum's state into `checkpoint_dir`, before the Trainer's own files (`resume`), with the stage's
-        training loss summed up to this step (`loss_this_call`: what this `train()` call has summed).
+        training loss summed up to this step (`loss_this_call`: what this `train()` call has summed) and its time.
         """
         state = self.curriculum_state
         write_checkpoint_state(
             checkpoint_dir,
             self.curriculum_fingerprint(),
-            dataclasses.replace(state, stage_loss_sum=state.stage_loss_sum + loss_this_call),
+            dataclasses.replace(
+                state, stage_loss_sum=state.stage_loss_sum + loss_this_call, stage_runtime=self._stage_runtime()
+            ),
             self.stage_rows(self.stages[self.curriculum_state.stage]),
             self.stage_summaries,
         )

@@ -48,6 +48,8 @@ class CurriculumState:
         epochs_before_stage (`float`): Epochs trained by the finished stages; logged `epoch` = this + `stage_epoch`.
         stage_loss_sum (`float`): The training loss summed over the stage's steps before this `train()` call (a
             resume); a checkpoint stores it up to its step, so that a resumed stage's loss covers all its steps.
+        stage_runtime (`float`): Seconds the stage trained before this `train()` call (a resume), stored the same way,
+            so that a resumed stage's `train_runtime` covers all its steps (the time the run was down aside).
     """
 
     stage: int = 0
@@ -57,6 +59,7 @@ class CurriculumState:
     trainable_params: int = 0
     epochs_before_stage: float = 0.0
     stage_loss_sum: float = 0.0
+    stage_runtime: float = 0.0
 
 
 @dataclass
@@ -74,7 +77,7 @@ class StageSummary:
         steps (`int`): Optimizer steps it ran.
         samples (`int`): Rows it trained on, counted over its epochs.
         train_loss (`float` or `None`): Its mean training loss.
-        train_runtime (`float`): Seconds from its beginning to its end.
+        train_runtime (`float`): Seconds it trained, from its beginning to its end (before and after a resume).
         merge_rounding_loss (`float` or `None`): Share of its update that merging into 16-bit weights rounded away
             (merge modes, once the next stage began).
         eval_per_level (`dict` or `None`): `{metric: {level: value}}` after the stage (evaluation per level).

@@ -130,6 +130,7 @@ class TrainerInternalsMixin:
                 self.curriculum_state.epochs_before_stage += previous.epoch or 0.0
             self.curriculum_state.stage_start_step = previous.global_step
             self.curriculum_state.stage_loss_sum = 0.0
+            self.curriculum_state.stage_runtime = 0.0
         else:
             epochs_trained, steps_trained_in_current_epoch = resumed_stage_position(
                 steps_in_stage=self.state.global_step - self.curriculum_state.stage_start_step,
