@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -471,3 +472,33 @@ def test_an_evaluation_at_the_stage_end_is_not_repeated(tmp_path, tokenizer):
         assert summary.eval_per_level["loss"] == {
             str(level): logged[f"eval_level_{level}/loss"] for level in (1, 2, 3)
         }
+
+
+def test_the_evaluation_before_training_is_not_stage_1s_time(tmp_path, tokenizer):
+    """`stage_eval_before_training` evaluates every level before stage 1 trains; stage 1's `train_runtime` leaves it
+    out (here it takes 3 s more; the stage's own 4 steps take a fraction of that)."""
+    from transformers import TrainerCallback
+
+    from .test_plrs_trainer import lora_config, make_args
+
+    class SlowEvaluationBeforeTraining(TrainerCallback):
+        slept = False
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.global_step == 0 and "eval_levels_runtime" in (logs or {}):
+                time.sleep(3)
+                self.slept = True
+
+    slow = SlowEvaluationBeforeTraining()
+    trainer = CurriculumSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=make_args(str(tmp_path), stage_eval_before_training=True),
+        train_dataset=make_leveled_dataset(),
+        eval_dataset=make_leveled_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[slow],
+    )
+    trainer.train()
+    assert slow.slept
+    assert trainer.stage_summaries[0].train_runtime < 3
