@@ -553,17 +553,6 @@ class CurriculumSFTTrainer(TrainerInternalsMixin, SFTTrainer):
             if stage.index == len(self.stages) - 1:
                 self.eval_dataset = self.stage_evaluation.eval_dataset  # after the curriculum, every level again
 
-    def _stage_loss(self, loss_this_call: float | None, steps: int) -> float | None:
-        """The stage's mean training loss over all its steps: those of a run it resumed count too."""
-        steps_this_call = self.state.global_step - self.stage_call_start_step
-        if loss_this_call is None or steps_this_call == steps:
-            return loss_this_call
-        return (self.curriculum_state.stage_loss_sum + loss_this_call * steps_this_call) / max(steps, 1)
-
-    def _stage_runtime(self) -> float:
-        """Seconds the stage has trained: those of a run it resumed count too."""
-        return self.curriculum_state.stage_runtime + time.perf_counter() - self._stage_start_time
-
     def _summary_of(self, stage: Stage) -> StageSummary:
         return next(summary for summary in self.stage_summaries if summary.stage == stage.number)
 

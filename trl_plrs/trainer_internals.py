@@ -30,6 +30,7 @@ import contextlib
 import copy
 import importlib.metadata
 import os
+import time
 import warnings
 
 import torch
@@ -72,7 +73,8 @@ class TrainerInternalsMixin:
     """
     The overrides of private [`~transformers.Trainer`] methods that a curriculum needs; mixed into
     [`~trl_plrs.CurriculumSFTTrainer`] before [`~trl.SFTTrainer`]. Each delegates the curriculum's part to a public
-    method of the trainer.
+    method of the trainer. Beside the continuation of the training state, which resets and carries them: a stage's
+    loss and training time over all its steps, a resumed run's included.
     """
 
     @property
@@ -144,6 +146,17 @@ class TrainerInternalsMixin:
         self.state.max_steps = self.curriculum_state.stage_start_step + max_steps
         self.stage_call_start_step = self.state.global_step  # where this call's steps (and summed loss) begin
         return epochs_trained, steps_trained_in_current_epoch
+
+    def _stage_loss(self, loss_this_call: float | None, steps: int) -> float | None:
+        """The stage's mean training loss over all its steps: those of a run it resumed count too."""
+        steps_this_call = self.state.global_step - self.stage_call_start_step
+        if loss_this_call is None or steps_this_call == steps:
+            return loss_this_call
+        return (self.curriculum_state.stage_loss_sum + loss_this_call * steps_this_call) / max(steps, 1)
+
+    def _stage_runtime(self) -> float:
+        """Seconds the stage has trained: those of a run it resumed count too."""
+        return self.curriculum_state.stage_runtime + time.perf_counter() - self._stage_start_time
 
     def _save_checkpoint(self, model, trial) -> None:
         # `Trainer._save_checkpoint(model, trial)` writes `output_dir/{PREFIX_CHECKPOINT_DIR}-{global_step}` and writes
